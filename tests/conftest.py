@@ -1,0 +1,86 @@
+"""Fixtures: small synthetic MNIST-style IDX files, and running the real entry point."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaelab.cli import silence_known_noise
+from vaelab.data import write_idx
+
+silence_known_noise()
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 640, 157  # an odd test size: multi-device tests must not pad it
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 28×28 images with a learnable structure: class c draws a bright bar in row band c."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        row = 2 + 2 * int(c)
+        images[i, row : row + 3, 4:24] = rng.integers(180, 256, size=(3, 20))
+    return images, labels
+
+
+def write_synthetic_dataset(root: Path, folder: str = "MNIST", n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
+    """Uncompressed IDX files in `<root>/<folder>/raw/`, where torchvision looks for them."""
+    raw = Path(root) / folder / "raw"
+    train_x, train_y = synthetic_images(n_train, seed=0)
+    test_x, test_y = synthetic_images(n_test, seed=1)
+    for name, array in zip(IDX_NAMES, (train_x, train_y, test_x, test_y)):
+        write_idx(raw / name, array)
+    return raw
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_synthetic_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory) -> Path:
+    """One synthetic data set for end-to-end runs that only read it."""
+    root = tmp_path_factory.mktemp("shared") / "data"
+    write_synthetic_dataset(root)
+    return root
+
+
+UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once, no network needed
+
+
+def small_run_overrides(data_dir: Path, log_dir: Path) -> list[str]:
+    return [
+        f"paths.log_dir={log_dir}",
+        f"data.data_dir={data_dir}",
+        f"data.mirrors=[{UNREACHABLE_MIRROR}]",
+        "data.val_size=128",
+        "data.batch_size=64",
+        "model.hidden_dims=[64]",
+        "model.latent_dim=4",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+    ]
+
+
+def run_entry_point(*args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python train.py ...` in a subprocess, as a user runs it; W&B stays offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_dirs(log_dir: Path) -> list[Path]:
+    return sorted(p for p in (Path(log_dir) / "runs").glob("*/*") if p.is_dir())

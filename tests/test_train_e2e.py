@@ -1,0 +1,183 @@
+"""End to end through the real entry point: `python train.py ...` in a subprocess.
+
+Real torchvision reading, real Lightning Trainer, real Hydra, real W&B in offline mode; data
+are small synthetic IDX files.
+"""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import N_TEST, N_TRAIN, run_dirs, run_entry_point, small_run_overrides
+from vaelab.wandb_offline import summarize
+
+pytestmark = pytest.mark.slow
+
+VAE_METRICS = [f"{stage}/{term}" for stage in ("train", "val", "test") for term in ("recon", "kl", "loss", "nelbo")]
+AE_METRICS = [f"{stage}/{term}" for stage in ("train", "val", "test") for term in ("recon", "loss")]
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _only_run_dir(log_dir: Path) -> Path:
+    dirs = run_dirs(log_dir)
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_run_dir(run_dir: Path, metric_names: list[str]) -> dict:
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "train.log").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    for name in metric_names:
+        assert math.isfinite(metrics[name]), name
+    assert (metrics["data/source"], metrics["data/train_size"], metrics["data/val_size"], metrics["data/test_size"]) == ("local", N_TRAIN - 128, 128, N_TEST)
+    assert Path(metrics["best_checkpoint"]).is_file()
+    header = _csv_rows(run_dir)[0].keys()
+    for name in metric_names:
+        assert name in header
+    assert "train/recon_step" in header and "train/loss_step" in header
+    assert not any(k.endswith("_epoch") for k in header)  # the contract: bare names are epoch means
+    return metrics
+
+
+def test_vae_run_writes_everything(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    result = _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "model.beta=4"))
+    run_dir = _only_run_dir(log_dir)
+    assert run_dir.name.endswith("vae-z4-beta4")
+    metrics = _assert_run_dir(run_dir, VAE_METRICS)
+    for stage in ("val", "test"):
+        assert metrics[f"{stage}/loss"] == pytest.approx(metrics[f"{stage}/recon"] + 4 * metrics[f"{stage}/kl"], rel=1e-5)
+        assert metrics[f"{stage}/nelbo"] == pytest.approx(metrics[f"{stage}/recon"] + metrics[f"{stage}/kl"], rel=1e-5)
+    # Training learned something: the second epoch's mean loss is below the first's.
+    epoch_losses = [float(r["train/loss"]) for r in _csv_rows(run_dir) if r["train/loss"]]
+    assert len(epoch_losses) == 2 and epoch_losses[1] < epoch_losses[0]
+    # The data source is printed, so no one mistakes a small run for a full one.
+    assert "source=local" in result.stdout + result.stderr
+
+    wandb_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1
+    run = summarize(wandb_files[0])
+    assert run["name"] == "vae-z4-beta4"
+    assert run["config"]["model"]["beta"] == 4 and run["config"]["data_used"]["data/source"] == "local"
+    logged = {key for row in run["history"] for key in row}
+    assert set(VAE_METRICS) <= logged and "train/recon_step" in logged
+    test_row = next(row for row in run["history"] if "test/recon" in row)
+    assert test_row["test/recon"] == pytest.approx(metrics["test/recon"])
+
+
+def test_ae_run_has_no_kl(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "model=ae", "logger=csv"))
+    run_dir = _only_run_dir(log_dir)
+    assert run_dir.name.endswith("ae-z4")
+    metrics = _assert_run_dir(run_dir, AE_METRICS)
+    assert not any(k.endswith(("/kl", "/nelbo")) for k in metrics)
+    assert metrics["test/loss"] == metrics["test/recon"]
+    assert not list(run_dir.glob("wandb"))
+    assert "kl" not in "".join(_csv_rows(run_dir)[0].keys())
+
+
+def test_two_process_ddp_run_is_one_run_with_exact_test_metrics(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "trainer.devices=2"))
+    run_dir = _only_run_dir(log_dir)
+    metrics = _assert_run_dir(run_dir, VAE_METRICS)
+    assert metrics["devices"] == 2
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+    # The test set was split over the ranks without padding: a one-device evaluation of the
+    # same checkpoint gives the same numbers.
+    import pytorch_lightning as pl
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.module import LitAutoencoder
+
+    module = LitAutoencoder.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
+    dm = MNISTDataModule(data_dir=str(shared_data_dir), source="local", val_size=128, batch_size=64)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    torch.manual_seed(0)
+    result = trainer.test(module, datamodule=dm, verbose=False)[0]
+    # The KL is deterministic given the encoder (closed form): any image padded, dropped or
+    # counted twice would show. The recon depends on the sampled z, so it only agrees closely.
+    assert result["test/kl"] == pytest.approx(metrics["test/kl"], rel=1e-6)
+    assert result["test/recon"] == pytest.approx(metrics["test/recon"], rel=2e-2)
+
+
+def test_resume_from_checkpoint_continues_in_a_new_run_dir(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    overrides = small_run_overrides(shared_data_dir, log_dir) + ["logger=csv"]
+    _ok(run_entry_point(*overrides))
+    first = _only_run_dir(log_dir)
+    first_metrics = (first / "metrics.json").read_text()
+    _ok(run_entry_point(*overrides, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=3"))
+    second = next(d for d in run_dirs(log_dir) if d != first)
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert resumed["epochs"] == 3 and resumed["global_step"] == 3 * 8
+    assert (first / "metrics.json").read_text() == first_metrics
+    assert {p.name for p in (second / "checkpoints").iterdir()} == {"epoch_002.ckpt", "last.ckpt"}
+
+
+def _fails_cleanly(result, *fragments: str) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    for fragment in fragments:
+        assert fragment in output, output[-3000:]
+    return output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.latent_dim=0", "model.latent_dim=0 must be at least 1"),
+        ("model.beta=-0.5", "model.beta=-0.5 must be >= 0"),
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("ckpt_path=missing.ckpt", "ckpt_path=missing.ckpt does not exist"),
+    ],
+)
+def test_bad_values_end_with_one_clear_message(shared_data_dir, tmp_path, override, message):
+    log_dir = tmp_path / "outputs"
+    _fails_cleanly(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), override), message)
+    assert not any((d / "checkpoints").exists() for d in run_dirs(log_dir))
+
+
+def test_corrupt_data_file_is_named(data_dir, tmp_path):
+    path = data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    _fails_cleanly(run_entry_point(*small_run_overrides(data_dir, tmp_path / "outputs")),
+                   str(path), "truncated", "data.source=download")
+
+
+def test_nan_loss_stops_with_a_clear_message(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    output = _fails_cleanly(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "model.lr=1e30", "logger=csv"),
+                            "the training loss became", "lower model.lr")
+    metrics = json.loads((_only_run_dir(log_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "training loss became" in metrics["error"]
+    assert output.count("training loss became") <= 2  # the console line (and nothing repeated per rank)
+
+
+def test_an_earlier_run_dir_is_never_overwritten(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    overrides = small_run_overrides(shared_data_dir, log_dir) + ["logger=csv", "trainer.max_epochs=1"]
+    _ok(run_entry_point(*overrides))
+    first = _only_run_dir(log_dir)
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    _fails_cleanly(run_entry_point(*overrides, f"hydra.run.dir={first}"), "already holds an earlier run")
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before

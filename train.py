@@ -1,0 +1,33 @@
+"""Train an AE or a (β-)VAE.
+
+    python train.py                                  # VAE on MNIST, the defaults
+    python train.py model=ae                         # plain autoencoder, same data and net
+    python train.py model.beta=4 model.latent_dim=16 # β-VAE
+    python train.py trainer.accelerator=cpu trainer.devices=2
+"""
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
+
+import sys  # noqa: E402
+
+from vaelab.cli import refuse_used_run_dir, report_errors, silence_known_noise  # noqa: E402
+
+silence_known_noise()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@report_errors
+def main(cfg: DictConfig):
+    from vaelab.train import run  # imported here so that `--help` stays fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    refuse_used_run_dir(sys.argv[1:])
+    main()
