@@ -5,19 +5,19 @@ Metric names are a public contract (see README): `{stage}/recon`, `{stage}/kl`, 
 devices; training values at the logging interval carry the suffix `_step`.
 """
 
+import logging
 from collections.abc import Sequence
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
-from torchmetrics import MeanMetric
 
 from vaelab.errors import ConfigError, NonFiniteLossError
+from vaelab.graph_step import CudaGraphStep
 from vaelab.models import MODELS, RECON_LOSSES, gaussian_kl, reconstruction_loss
 from vaelab.models.autoencoders import build_model
 
-STAGES = ("train", "val", "test")
-
+log = logging.getLogger(__name__)
 
 def loss_terms(model_name: str) -> tuple[str, ...]:
     return ("recon", "kl", "loss", "nelbo") if model_name == "vae" else ("recon", "loss")
@@ -59,6 +59,7 @@ class LitAutoencoder(pl.LightningModule):
         recon_loss: str = "mse",
         lr: float = 1e-3,
         pixel_range: Sequence[float] = (0.0, 1.0),
+        cuda_graph: bool = True,
     ):
         super().__init__()
         pixel_range = tuple(float(v) for v in pixel_range)
@@ -67,11 +68,14 @@ class LitAutoencoder(pl.LightningModule):
         self.model = build_model(model, tuple(image_shape), latent_dim, list(hidden_dims), net)
         self.terms = loss_terms(model)
         self.pixel_low, self.pixel_scale = pixel_range[0], pixel_range[1] - pixel_range[0]
-        # nan_strategy="disable": a NaN must propagate to the mean (not be dropped with a
-        # warning), and the default NaN check would synchronise with the host on every step.
-        self.epoch_means = nn.ModuleDict(
-            {f"{stage}_{term}": MeanMetric(nan_strategy="disable") for stage in STAGES for term in self.terms}
-        )
+        # Per stage: the batch-size-weighted sums of the terms, on the device, and the image
+        # count (on the host). One small add per step; no host sync until the epoch ends.
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+        # Manual optimisation, so that one step can be a replayed CUDA graph (graph_step.py)
+        # and the eager step is the same code path with or without it.
+        self.automatic_optimization = False
+        self._graph: Optional[CudaGraphStep] = None
 
     def forward(self, x: torch.Tensor):
         return self.model(x)
@@ -92,16 +96,37 @@ class LitAutoencoder(pl.LightningModule):
             return x
         return (x - self.pixel_low) / self.pixel_scale
 
-    def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        x, _ = batch
+    def _sum_buffer(self, stage: str) -> torch.Tensor:
+        if stage not in self._sums:
+            self._sums[stage] = torch.zeros(len(self.terms), device=self.device)
+        return self._sums[stage]
+
+    def _accumulate(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        # In place into one buffer per stage, so that a captured CUDA graph can do it too.
+        self._sum_buffer(stage).add_(torch.stack(list(losses.values())).detach(), alpha=batch_size)
+
+    def _training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training losses of batch `x`, added to the epoch sums: the graph captures this."""
         losses = self.compute_losses(x)
-        for term, value in losses.items():
-            mean = self.epoch_means[f"{stage}_{term}"]
-            mean.update(value.detach(), x.shape[0])  # weighted by batch size: exact under uneven shards
+        self._accumulate("train", losses, x.shape[0])
+        return losses
+
+    def _log_epoch_means(self, stage: str) -> dict[str, torch.Tensor]:
+        """Log `{stage}/{term}` as the mean over every image this epoch, on all devices.
+
+        Sums and counts are reduced, not per-device means averaged, so uneven shards weigh right.
+        """
+        if not self._counts.get(stage):
+            return {}
+        count = torch.tensor([float(self._counts.pop(stage))], device=self.device)
+        totals = torch.cat([self._sums[stage], count])
+        self._sums[stage].zero_()
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        means = dict(zip(self.terms, totals[:-1] / totals[-1]))
+        for term, mean in means.items():
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "loss")
-        if stage == "train" and self.trainer._logger_connector.should_update_logs:
-            self._log_step_values(losses)
-        return losses["loss"]
+        return means
 
     def _log_step_values(self, losses: dict[str, torch.Tensor]) -> None:
         # Only at the logging interval: the all-gather and the finiteness check cost a host sync.
@@ -117,22 +142,73 @@ class LitAutoencoder(pl.LightningModule):
         for term, value in zip(losses, values):
             self.log(f"train/{term}_step", value, on_step=True, on_epoch=False)
 
+    def graph_unavailable_reason(self) -> Optional[str]:
+        """Why the CUDA-graph step cannot be used in this fit, or None when it can."""
+        if not self.hparams.cuda_graph:
+            return "model.cuda_graph=false"
+        if self.device.type != "cuda":
+            return f"it needs a CUDA device, not {self.device.type}"
+        if self.trainer.world_size > 1:
+            return "not with several devices (DDP synchronises gradients between kernels)"
+        if str(self.trainer.precision) != "32-true":
+            return f"not with trainer.precision={self.trainer.precision}"
+        return None
+
+    def on_fit_start(self) -> None:
+        reason = self.graph_unavailable_reason()
+        log.info("training step: %s", "one CUDA graph per step" if reason is None else f"eager ({reason})")
+
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train")
+        x, _ = batch
+        optimizer = self.optimizers()
+        if self._graph is None and self.graph_unavailable_reason() is None:
+            self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
+                                        x, accumulators=[self._sum_buffer("train")])
+        if self._graph is not None and self._graph.applies_to(x):
+            # Lightning's step bookkeeping (global_step) without a second optimiser update.
+            optimizer._on_before_step()
+            losses = self._graph(x)
+            optimizer._on_after_step()
+        else:  # eager: no graph, or a batch of another size (the last one of an epoch)
+            optimizer.zero_grad(set_to_none=self._graph is None)  # keep the graph's grad buffers
+            losses = self._training_losses(x)
+            self.manual_backward(losses["loss"])
+            optimizer.step()
+        self._counts["train"] = self._counts.get("train", 0) + x.shape[0]
+        if self.trainer._logger_connector.should_update_logs:
+            self._log_step_values(losses)
+
+    def _evaluation_step(self, batch, stage: str) -> None:
+        x, _ = batch
+        self._accumulate(stage, self.compute_losses(x), x.shape[0])
+        self._counts[stage] = self._counts.get(stage, 0) + x.shape[0]
 
     def validation_step(self, batch, batch_idx):
-        self._shared_step(batch, "val")
+        self._evaluation_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._shared_step(batch, "test")
+        self._evaluation_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        loss = self.epoch_means["train_loss"].compute()
-        if not torch.isfinite(loss):
+        means = self._log_epoch_means("train")
+        if means and not torch.isfinite(means["loss"]):
             raise NonFiniteLossError(
-                f"the mean training loss of epoch {self.current_epoch} is {loss.item()}; lower model.lr "
+                f"the mean training loss of epoch {self.current_epoch} is {means['loss'].item()}; lower model.lr "
                 f"(now {self.hparams.lr:g}) or model.beta, or check the data"
             )
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_means("test")
+
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        capturable = self.graph_unavailable_reason() is None
+        return make_optimizer(self.parameters(), self.hparams.lr, self.device, capturable=capturable)
+
+
+def make_optimizer(parameters, lr: float, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam; the fused kernel where it exists (CPU and CUDA) updates all tensors in one launch."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(parameters, lr=lr, fused=fused, capturable=capturable)

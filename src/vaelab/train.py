@@ -53,6 +53,7 @@ def build_module(cfg: DictConfig, image_shape) -> LitAutoencoder:
         recon_loss=model.recon_loss,
         lr=float(model.lr),
         pixel_range=list(cfg.data.pixel_range),
+        cuda_graph=bool(model.get("cuda_graph", True)),
     )
 
 
@@ -97,7 +98,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     failed = True
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}))
+        record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
         best = next(c for c in callbacks if isinstance(c, BestEpochMetrics))
         record.update(best.metrics or _floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
         checkpoint = trainer.checkpoint_callback

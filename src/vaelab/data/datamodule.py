@@ -144,6 +144,12 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader("test", train=False)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        images, labels = batch
+        if images.device == device:  # the loaders index tensors that already live there
+            return batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         x = images.unsqueeze(1).float().div_(255)  # (B, 1, H, W) in [0, 1]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU measurements of bench/README.md, as run on a lent H100/H200 machine whose python3
+# has torch and pytorch-lightning but not Hydra: the wheels in .whl/ and the Fashion-MNIST
+# archives in .bench-data/ travel with the working tree (see bench/README.md).
+set -uo pipefail
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
+python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
+python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 3 --loops examples plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"

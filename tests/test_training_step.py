@@ -1,0 +1,83 @@
+"""The training step: manual optimisation equals a plain PyTorch step; the CUDA-graph step
+equals the eager one where a GPU exists (bench/check_graph.py checks whole runs there)."""
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from vaelab.data import MNISTDataModule
+from vaelab.models import gaussian_kl, reconstruction_loss
+from vaelab.module import LitAutoencoder, make_optimizer
+
+
+def _trainer(**kwargs) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
+
+
+def test_one_lightning_step_equals_a_plain_pytorch_step(data_dir):
+    torch.manual_seed(0)
+    module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32], recon_loss="bce")
+    reference = copy.deepcopy(module.model)
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=64, val_size=128)
+    dm.load()
+
+    torch.manual_seed(1)  # the loader's shuffle seed
+    _trainer(max_steps=1).fit(module, datamodule=dm)
+
+    torch.manual_seed(1)
+    images, _ = next(iter(dm.train_dataloader()))
+    x = images.unsqueeze(1).float() / 255
+    optimizer = make_optimizer(reference.parameters(), 1e-3, torch.device("cpu"))
+    optimizer.zero_grad()
+    reconstruction_loss(reference(x).logits, x, "bce").backward()
+    optimizer.step()
+    for trained, expected in zip(module.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(trained, expected)
+
+
+def test_epoch_means_weigh_every_image_once(data_dir):
+    """The logged epoch mean is Σ(batch mean × batch size) / N, also with a ragged last batch."""
+    torch.manual_seed(0)
+    module = LitAutoencoder(model="vae", latent_dim=4, hidden_dims=[32])
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128)  # 157 = 3·50 + 7
+    result = _trainer(max_epochs=1).test(module, datamodule=dm, verbose=False)[0]
+    images, _ = dm.splits["test"]
+    x = images.unsqueeze(1).float() / 255
+    with torch.no_grad():
+        mu, logvar = module.model.encode(x)
+    assert result["test/kl"] == pytest.approx(gaussian_kl(mu, logvar).item(), rel=1e-5)
+
+
+def test_cuda_graph_is_not_used_on_the_cpu(data_dir):
+    module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32])
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=64, val_size=128)
+    trainer = _trainer(max_steps=2)
+    trainer.fit(module, datamodule=dm)
+    assert module._graph is None and trainer.global_step == 2
+    assert "CUDA device" in module.graph_unavailable_reason()
+    assert LitAutoencoder(cuda_graph=False).hparams.cuda_graph is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_equals_eager_step():
+    from vaelab.graph_step import CudaGraphStep
+
+    torch.manual_seed(0)
+    graphed = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32]).cuda()
+    eager = copy.deepcopy(graphed)
+    batches = [torch.rand(64, 1, 28, 28, device="cuda") for _ in range(5)]
+    opt_g = make_optimizer(graphed.parameters(), 1e-3, torch.device("cuda"), capturable=True)
+    opt_e = make_optimizer(eager.parameters(), 1e-3, torch.device("cuda"))
+    step = CudaGraphStep(graphed.compute_losses, list(graphed.parameters()), opt_g, batches[0])
+    for x in batches:
+        graph_loss = step(x)["loss"].clone()
+        opt_e.zero_grad()
+        eager_loss = eager.compute_losses(x)["loss"]
+        eager_loss.backward()
+        opt_e.step()
+        torch.testing.assert_close(graph_loss, eager_loss.detach())
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b)
