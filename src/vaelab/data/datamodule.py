@@ -152,7 +152,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        x = images.unsqueeze(1).float().div_(255)  # (B, 1, H, W) in [0, 1]
+        x = images.unsqueeze(1) / 255  # (B, 1, H, W) float32 in [0, 1], one kernel
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
             x = torch.bernoulli(x)
         low, high = self.pixel_range
