@@ -1,4 +1,4 @@
-"""The LightningModule: one shared step for train/val/test, the loss, its logging, the optimiser.
+"""The LightningModule: the loss (one `compute_losses` for train/val/test), its logging, the optimiser.
 
 Metric names are a public contract (see README): `{stage}/recon`, `{stage}/kl`, `{stage}/loss`
 (= recon + β·kl, what is optimised) and `{stage}/nelbo` (= recon + kl) are epoch means over all
@@ -18,6 +18,7 @@ from vaelab.models import MODELS, RECON_LOSSES, gaussian_kl, reconstruction_loss
 from vaelab.models.autoencoders import build_model
 
 log = logging.getLogger(__name__)
+
 
 def loss_terms(model_name: str) -> tuple[str, ...]:
     return ("recon", "kl", "loss", "nelbo") if model_name == "vae" else ("recon", "loss")
@@ -116,13 +117,14 @@ class LitAutoencoder(pl.LightningModule):
 
         Sums and counts are reduced, not per-device means averaged, so uneven shards weigh right.
         """
-        if not self._counts.get(stage):
-            return {}
-        count = torch.tensor([float(self._counts.pop(stage))], device=self.device)
-        totals = torch.cat([self._sums[stage], count])
+        # Every rank takes part in the reduction, also one whose shard was empty.
+        count = torch.tensor([float(self._counts.pop(stage, 0))], device=self.device)
+        totals = torch.cat([self._sum_buffer(stage), count])
         self._sums[stage].zero_()
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        if totals[-1] == 0:
+            return {}
         means = dict(zip(self.terms, totals[:-1] / totals[-1]))
         for term, mean in means.items():
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "loss")
@@ -174,6 +176,7 @@ class LitAutoencoder(pl.LightningModule):
             losses = self._training_losses(x)
             self.manual_backward(losses["loss"])
             optimizer.step()
+        # Counted on the host: a replayed graph does not run Python.
         self._counts["train"] = self._counts.get("train", 0) + x.shape[0]
         if self.trainer._logger_connector.should_update_logs:
             self._log_step_values(losses)
