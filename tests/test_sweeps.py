@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_entry_point, small_run_overrides
@@ -75,9 +76,10 @@ def _compose(*overrides: str):
 
 def test_slurm_launcher_is_wired_to_the_trainer():
     cfg = _compose("hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2")
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)
+    launcher = instantiate(cfg.hydra.launcher)  # as Hydra does in the sweep's process, before submitting
+    assert type(launcher).__name__ == "SlurmLauncher"
+    params = launcher.params
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 2)
 
 
 def test_study_configs_are_sweeps():

@@ -15,8 +15,10 @@ relaunches its ranks with exactly that command line, so every rank composes the 
 the job (including the values Optuna sampled) and works in the job's directory. Whatever goes
 wrong in it (an exception, a NaN, a rank killed) ends that process only; the sweep reads the
 job's metrics.json and goes on. It costs one Python start per multi-device job. Considered and
-not taken: `ddp_spawn`, which pickles the trainer into fresh workers (the callbacks' state, the
-epoch count and the W&B run stay in the workers, and fit and test each spawn again), and
+not taken: `ddp_spawn`, which pickles the trainer into fresh workers and brings back only the
+weights, the best checkpoint path and callback_metrics (the state of BestEpochMetrics and the
+epoch count stay in the workers, the W&B run must be attached to from each worker, and fit and
+test each spawn again), and
 patching Lightning's private relaunch command (the leftover environment, process group and
 watchdog above remain). Under SLURM (`hydra/launcher=slurm`) each task is one rank already and
 no process is started.
