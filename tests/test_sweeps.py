@@ -205,11 +205,13 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(shared_data_dir, tmp_pat
 @slow
 def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared_data_dir, tmp_path):
     log_dir = tmp_path / "outputs"
-    result = _sweep(shared_data_dir, log_dir, "trainer.devices=2", "model.lr=1e30,1e-3")
+    # a NaN loss on both ranks, a good job after it, and a value refused before any process starts
+    result = _sweep(shared_data_dir, log_dir, "trainer.devices=2", "model.lr=1e30,1e-3,-1")
     assert result.returncode == FAILED_SWEEP_EXIT_CODE, _output(result)
     sweep_dir = _only_sweep_dir(log_dir)  # no second sweep, no run dir from a relaunched rank
-    failed, completed = _job_dirs(sweep_dir)
+    failed, completed, refused = _job_dirs(sweep_dir)
     assert "training loss became" in _metrics(failed)["error"]
+    assert _metrics(refused)["error"] == "model.lr=-1 must be > 0" and not (refused / "checkpoints").exists()
     metrics = _metrics(completed)
     assert metrics["status"] == "completed" and metrics["devices"] == 2
     for job, lr in [(failed, "1e+30"), (completed, "0.001")]:
@@ -217,7 +219,7 @@ def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared
         assert len(lines) == 2 and lines[0] == lines[1] and f"lr={lr}" in lines[0]  # both ranks, same job
         runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(runs) == 1 and summarize(runs[0])["group"] == f"train-{sweep_dir.parent.name}_{sweep_dir.name}"
-    assert [r["status"] for r in _summary_rows(sweep_dir)] == ["failed", "completed"]
+    assert [r["status"] for r in _summary_rows(sweep_dir)] == ["failed", "completed", "failed"]
 
 
 @slow
