@@ -10,14 +10,17 @@ Imports nothing heavy: Hydra instantiates the callback for every run, and `--hel
 """
 
 import csv
+import io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -91,10 +94,11 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write `summary.csv` and `summary.md` into `sweep_dir`; returns the rows."""
     sweep_dir = Path(sweep_dir)
     rows, common = collect(sweep_dir)
-    with (sweep_dir / CSV_FILE).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    _replace(sweep_dir / CSV_FILE, buffer.getvalue())
 
     failed = [r for r in rows if r["status"] != "completed"]
     lines = [
@@ -109,16 +113,32 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         *("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows),
         "",
     ]
-    (sweep_dir / MD_FILE).write_text("\n".join(lines))
+    _replace(sweep_dir / MD_FILE, "\n".join(lines))
     return rows
 
 
-class SweepSummary(Callback):
-    """At the end of a multirun: write the summary, and exit non-zero if any job failed.
+def _replace(path: Path, text: str) -> None:
+    # Jobs that run at once (joblib) each rewrite the summary: a reader never sees half a file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("w", newline="") as f:
+        f.write(text)
+    partial.replace(path)
 
-    Hydra calls `on_multirun_end` in the launching process after every job has returned,
-    whatever the launcher (basic, joblib, submitit) or sweeper (basic, Optuna).
+
+class SweepSummary(Callback):
+    """Keep the summary current after each job; at the end, exit non-zero if any job failed.
+
+    Hydra calls `on_job_end` where the job ran, so the table is there even if the sweep
+    itself stops early (e.g. Optuna when every trial failed), and `on_multirun_end` in the
+    launching process after every job has returned, whatever the launcher (basic, joblib,
+    submitit) or sweeper (basic, Optuna).
     """
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from vaelab.sweep import is_rank_zero_process
+
+        if config.hydra.mode == RunMode.MULTIRUN and is_rank_zero_process():
+            write_summary(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
