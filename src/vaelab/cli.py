@@ -2,15 +2,14 @@
 
 import functools
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-
 from vaelab.errors import VaelabError
 from vaelab.rundir import is_relaunched_rank, refuse_earlier_run
+from vaelab.sweep import describe_error, in_multirun, is_sweep_job, record_failure, run_sweep_job
 
 log = logging.getLogger("vaelab")
 
@@ -47,22 +46,29 @@ def refuse_used_run_dir(argv: list[str]) -> None:
                 sys.exit(2)
 
 
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def report_errors(task):
-    """Wrap a Hydra task function: a VaelabError ends a single run with its message and exit code 2."""
+    """Wrap a Hydra task function.
+
+    A single run that fails with a VaelabError ends with its message and exit code 2. A multirun
+    job's failure is logged and recorded and the sweep goes on (see `vaelab.sweep`).
+    """
+    # The script that a multi-device sweep job reruns as its own process (vaelab.sweep); taken
+    # now, in the launching process: joblib's and submitit's workers run other scripts.
+    entry_point = os.path.abspath(sys.argv[0])
 
     @functools.wraps(task)
     def wrapper(cfg):
+        if in_multirun():
+            return run_sweep_job(task, cfg, entry_point)
         try:
             return task(cfg)
-        except VaelabError as err:
+        except Exception as err:
+            if is_sweep_job():  # the own process of a multi-device sweep job: the sweep reads this
+                record_failure(cfg, describe_error(err))
+            if not isinstance(err, VaelabError):
+                raise
             if not is_relaunched_rank():
                 log.error("%s", err)
-            if _in_multirun():
-                raise
             sys.exit(2)
 
     return wrapper

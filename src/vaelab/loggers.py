@@ -3,7 +3,7 @@
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
@@ -20,8 +20,13 @@ def wandb_online() -> bool:
     return os.environ.get("WANDB_MODE", "").lower() == "online"
 
 
-def build_loggers(logger_cfg: Optional[DictConfig], run_dir: Path, run_name: str) -> list[Logger]:
-    """The CSV logger writes `<run_dir>/csv/metrics.csv`; `logger_cfg` adds W&B and/or TensorBoard."""
+def build_loggers(logger_cfg: Optional[DictConfig], run_dir: Path, run_name: str,
+                  group: Optional[str] = None, tags: Sequence[str] = ()) -> list[Logger]:
+    """The CSV logger writes `<run_dir>/csv/metrics.csv`; `logger_cfg` adds W&B and/or TensorBoard.
+
+    `group` and `tags` go to W&B (all jobs of a sweep share a group, see vaelab.sweep); a
+    `logger.wandb.group` set in the config wins, and its `logger.wandb.tags` come first.
+    """
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     for kind, options in (logger_cfg or {}).items():
         options = OmegaConf.to_container(options, resolve=True) if options is not None else {}
@@ -29,6 +34,8 @@ def build_loggers(logger_cfg: Optional[DictConfig], run_dir: Path, run_name: str
             online = wandb_online()
             if not online:
                 os.environ["WANDB_MODE"] = "offline"
+            options["group"] = options.get("group") or group
+            options["tags"] = list(dict.fromkeys([*(options.get("tags") or []), *tags]))
             loggers.append(WandbLogger(name=run_name, save_dir=str(run_dir), offline=not online, **options))
         elif kind == "tensorboard":
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", **options))

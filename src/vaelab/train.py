@@ -22,6 +22,7 @@ from vaelab.errors import VaelabError
 from vaelab.loggers import build_loggers, finish_wandb, log_hyperparameters
 from vaelab.module import LitAutoencoder
 from vaelab.rundir import METRICS_FILE, refuse_earlier_run
+from vaelab.sweep import override_tags, sweep_group
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ def write_metrics(run_dir: Path, record: dict[str, Any]) -> Path:
 def run(cfg: DictConfig) -> Optional[float]:
     """Train and test one model as `cfg` says; returns the value of `cfg.optimized_metric`."""
     check_config(cfg)
+    # Every process logs this into its own log file (a relaunched DDP rank: train_ddp_process_<r>.log),
+    # so one can see that all ranks train the same model.
+    log.info("hyperparameters: model=%s latent_dim=%s hidden_dims=%s beta=%s lr=%s seed=%s", cfg.model.name,
+             cfg.model.latent_dim, list(cfg.model.hidden_dims), cfg.model.beta, cfg.model.lr, cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
     refuse_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +94,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     datamodule = build_datamodule(cfg)
     data_info = datamodule.load()
     module = build_module(cfg, datamodule.image_shape)
-    loggers = build_loggers(cfg.get("logger"), run_dir, cfg.run_name)
+    loggers = build_loggers(cfg.get("logger"), run_dir, cfg.run_name, group=sweep_group(), tags=override_tags())
     callbacks = build_callbacks(cfg)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})

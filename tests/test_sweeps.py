@@ -1,0 +1,269 @@
+"""Sweeps through the real entry point: `python train.py -m ...` with Hydra's real sweepers and
+launchers, real Lightning (DDP over gloo on the CPU), real W&B in offline mode.
+
+Jobs are tiny (one epoch of 8 batches); the slow tests share one synthetic data set.
+"""
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_entry_point, small_run_overrides
+from vaelab.summary import COLUMNS, CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, main as summary_main, write_summary
+from vaelab.sweep import _one_process
+from vaelab.wandb_offline import summarize
+
+slow = pytest.mark.slow
+
+
+def _sweep(data_dir: Path, log_dir: Path, *args: str, multirun: bool = True, timeout: int = 400):
+    overrides = [o for o in small_run_overrides(data_dir, log_dir) if not o.startswith("trainer.max_epochs")]
+    return run_entry_point(*(["-m"] if multirun else []), *overrides, "trainer.max_epochs=1", *args, timeout=timeout)
+
+
+def _only_sweep_dir(log_dir: Path) -> Path:
+    """The one directory the sweep wrote; nothing else in the log dir (no second sweep, no run dirs)."""
+    assert [p.name for p in log_dir.iterdir()] == ["multirun"], list(log_dir.iterdir())
+    sweep_dirs = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
+    assert len(sweep_dirs) == 1, sweep_dirs
+    return sweep_dirs[0]
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
+
+
+def _metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def _summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / CSV_FILE).open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def _hyperparameter_lines(job_dir: Path) -> list[str]:
+    """What each process of the job trained with: rank 0 logs to train.log, rank r to train_ddp_process_r.log."""
+    lines = []
+    for log_file in sorted(job_dir.glob("train*.log")):
+        lines += [line.split(" - ", 1)[1] for line in log_file.read_text().splitlines() if "hyperparameters:" in line]
+    return lines
+
+
+def _output(result) -> str:
+    return (result.stdout + result.stderr)[-4000:]
+
+
+# -- fast: configs and the summary ------------------------------------------------------------
+
+def _compose(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_launcher_is_wired_to_the_trainer():
+    cfg = _compose("hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2")
+    launcher = instantiate(cfg.hydra.launcher)  # as Hydra does in the sweep's process, before submitting
+    assert type(launcher).__name__ == "SlurmLauncher"
+    params = launcher.params
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 2)
+
+
+def test_study_configs_are_sweeps():
+    optuna = _compose("hparams_search=optuna")
+    assert optuna.hydra.mode.name == "MULTIRUN" and optuna.optimized_metric == "val/nelbo"
+    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.hydra.sweeper.storage is None
+    assert set(optuna.hydra.sweeper.params) == {"model.beta", "model.latent_dim", "model.lr"}
+    for experiment, params in [("ae_vs_vae", {"model": "ae,vae"}), ("beta_sweep", {"model.beta": "0.5,1,2,4,8"}),
+                               ("latent_sweep", {"model": "ae,vae", "model.latent_dim": "2,8,16,32"})]:
+        cfg = _compose(f"experiment={experiment}")
+        assert cfg.hydra.mode.name == "MULTIRUN"
+        assert dict(cfg.hydra.sweeper.params) == params
+        header = (REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text().splitlines()[1]
+        assert header == f"# python train.py experiment={experiment}"
+
+
+@pytest.mark.parametrize(("devices", "nodes", "one"), [(1, 1, True), ("1", 1, True), ([0], 1, True), (2, 1, False),
+                                                      ("0,1", 1, False), (-1, 1, False), ("auto", 1, False), (1, 2, False)])
+def test_which_jobs_need_a_process_of_their_own(devices, nodes, one):
+    assert _one_process(OmegaConf.create({"devices": devices, "num_nodes": nodes})) is one
+
+
+def _fake_job(sweep_dir: Path, name: str, overrides: list[str], record: dict | None) -> Path:
+    job = sweep_dir / name
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if record is not None:
+        (job / "metrics.json").write_text(json.dumps(record))
+    return job
+
+
+def test_summary_has_one_row_per_job_and_says_what_failed(tmp_path, capsys):
+    common = ["paths.log_dir=/x", "trainer.max_epochs=1"]
+    values = {f"{s}/{t}": 1.5 for s in ("val", "test") for t in ("recon", "kl", "nelbo", "loss")}
+    _fake_job(tmp_path, "0_ae-z4", [*common, "model=ae"],
+              {"status": "completed", "run_name": "ae-z4", "val/recon": 2.0, "val/loss": 2.0, "test/recon": 3.0, "test/loss": 3.0})
+    _fake_job(tmp_path, "1_vae-z4-beta1", [*common, "model=vae"], {"status": "completed", "run_name": "vae-z4-beta1", **values})
+    _fake_job(tmp_path, "2_vae-z4-beta1", [*common, "model=vae", "model.lr=1e30"],
+              {"status": "failed", "run_name": "vae-z4-beta1", "error": "the training loss became nan"})
+    _fake_job(tmp_path, "10_ae-z8", [*common, "model=ae", "model.latent_dim=8"], None)  # never finished
+
+    rows = write_summary(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "10"]  # job order, not name order
+    written = _summary_rows(tmp_path)
+    assert [r["status"] for r in written] == ["completed", "completed", "failed", "missing"]
+    assert [r["overrides"] for r in written] == ["model=ae", "model=vae", "model=vae model.lr=1e30", "model=ae model.latent_dim=8"]
+    assert written[0]["val/recon"] == "2.0" and written[0]["val/kl"] == ""  # an AE has no KL
+    assert all(written[1][name] == "1.5" for name in values)
+    assert written[2]["error"] == "the training loss became nan" and "no metrics.json" in written[3]["error"]
+    assert written[3]["run_dir"] == str(tmp_path / "10_ae-z8")
+    md = (tmp_path / MD_FILE).read_text()
+    assert "4 jobs: 2 completed, 2 failed or missing" in md and "paths.log_dir=/x trainer.max_epochs=1" in md
+    assert len([line for line in md.splitlines() if line.startswith("| ")]) == 1 + 4  # header + one row per job
+
+    (tmp_path / CSV_FILE).unlink()
+    assert summary_main([str(tmp_path)]) == FAILED_SWEEP_EXIT_CODE  # the helper rebuilds it
+    assert len(_summary_rows(tmp_path)) == 4 and "| 10 | ae-z8 | missing |" in capsys.readouterr().out
+    assert summary_main([str(tmp_path / "0_ae-z4")]) == 2  # not a sweep dir
+
+
+# -- slow: real sweeps -------------------------------------------------------------------------
+
+@slow
+def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    result = _sweep(shared_data_dir, log_dir, "model=ae,vae", "model.latent_dim=4,8")
+    assert result.returncode == 0, _output(result)
+    sweep_dir = _only_sweep_dir(log_dir)
+    jobs = _job_dirs(sweep_dir)
+    expected = {"ae-z4": ("ae", 4), "ae-z8": ("ae", 8), "vae-z4-beta1": ("vae", 4), "vae-z8-beta1": ("vae", 8)}
+    names = [j.name.split("_", 1)[1] for j in jobs]
+    assert sorted(names) == sorted(expected) and [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
+
+    group = f"train-{sweep_dir.parent.name}_{sweep_dir.name}"  # the sweep's name and time
+    for job, name in zip(jobs, names):
+        model, z = expected[name]
+        assert _metrics(job)["status"] == "completed"
+        runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, runs
+        run = summarize(runs[0])
+        assert (run["name"], run["group"]) == (name, group)
+        assert {f"model={model}", f"model.latent_dim={z}"} <= set(run["tags"])
+        assert not any(t.startswith(("paths.", "data.data_dir")) for t in run["tags"])
+        assert any("test/recon" in row for row in run["history"])  # finished: the test values are in
+
+    rows = _summary_rows(sweep_dir)
+    assert [(r["job"], r["run_name"], r["status"]) for r in rows] == [(str(i), n, "completed") for i, n in enumerate(names)]
+    for row, job, name in zip(rows, jobs, names):
+        model, z = expected[name]
+        assert sorted(row["overrides"].split()) == sorted([f"model={model}", f"model.latent_dim={z}"])
+        assert row["run_dir"] == str(job)
+        metrics = _metrics(job)
+        for metric in ("val/recon", "val/loss", "test/recon", "test/loss") + (("val/kl", "test/nelbo") if model == "vae" else ()):
+            assert float(row[metric]) == pytest.approx(metrics[metric])
+        if model == "ae":
+            assert row["val/kl"] == row["test/nelbo"] == ""  # an AE has no KL term
+    assert (sweep_dir / MD_FILE).read_text().count("| completed |") == 4
+
+    # The helper rebuilds the same table from the directory alone.
+    before = (sweep_dir / CSV_FILE).read_text()
+    (sweep_dir / CSV_FILE).unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "vaelab.summary", str(sweep_dir)], capture_output=True, text=True)
+    assert rebuilt.returncode == 0, _output(rebuilt)
+    assert (sweep_dir / CSV_FILE).read_text() == before
+
+
+@slow
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    # a NaN loss (an exception during fit), a good job after it, and a value the checks refuse
+    result = _sweep(shared_data_dir, log_dir, "model.lr=1e30,1e-3,-1", "logger=csv")
+    assert result.returncode == FAILED_SWEEP_EXIT_CODE, _output(result)
+    assert "2 of 3 jobs failed" in result.stdout + result.stderr
+    sweep_dir = _only_sweep_dir(log_dir)
+    rows = _summary_rows(sweep_dir)
+    assert [r["status"] for r in rows] == ["failed", "completed", "failed"]
+    assert "training loss became" in rows[0]["error"] and rows[2]["error"] == "model.lr=-1 must be > 0"
+    assert math.isfinite(float(rows[1]["test/nelbo"]))
+    for row in rows:
+        assert _metrics(Path(row["run_dir"]))["status"] == row["status"]
+
+
+@slow
+def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    # a NaN loss on both ranks, a good job after it, and a value refused before any process starts
+    result = _sweep(shared_data_dir, log_dir, "trainer.devices=2", "model.lr=1e30,1e-3,-1")
+    assert result.returncode == FAILED_SWEEP_EXIT_CODE, _output(result)
+    sweep_dir = _only_sweep_dir(log_dir)  # no second sweep, no run dir from a relaunched rank
+    failed, completed, refused = _job_dirs(sweep_dir)
+    assert "training loss became" in _metrics(failed)["error"]
+    assert _metrics(refused)["error"] == "model.lr=-1 must be > 0" and not (refused / "checkpoints").exists()
+    metrics = _metrics(completed)
+    assert metrics["status"] == "completed" and metrics["devices"] == 2
+    for job, lr in [(failed, "1e+30"), (completed, "0.001")]:
+        lines = _hyperparameter_lines(job)
+        assert len(lines) == 2 and lines[0] == lines[1] and f"lr={lr}" in lines[0]  # both ranks, same job
+        runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 1 and summarize(runs[0])["group"] == f"train-{sweep_dir.parent.name}_{sweep_dir.name}"
+    assert [r["status"] for r in _summary_rows(sweep_dir)] == ["failed", "completed", "failed"]
+
+
+@slow
+def test_joblib_launcher_runs_two_jobs(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    result = _sweep(shared_data_dir, log_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "model.latent_dim=4,8", "logger=csv")
+    assert result.returncode == 0, _output(result)
+    sweep_dir = _only_sweep_dir(log_dir)
+    assert "JoblibLauncher" in OmegaConf.load(sweep_dir / "multirun.yaml").hydra.launcher._target_
+    assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [("vae-z4-beta1", "completed"), ("vae-z8-beta1", "completed")]
+
+
+@slow
+def test_submitit_local_executor_runs_the_jobs(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    result = _sweep(shared_data_dir, log_dir, "hydra/launcher=submitit_local", "model=ae,vae", "logger=csv")
+    assert result.returncode == 0, _output(result)
+    sweep_dir = _only_sweep_dir(log_dir)
+    assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [("ae-z4", "completed"), ("vae-z4-beta1", "completed")]
+
+
+@slow
+@pytest.mark.parametrize("devices", [1, 2])
+def test_optuna_search_every_rank_trains_the_sampled_values(shared_data_dir, tmp_path, devices):
+    log_dir = tmp_path / "outputs"
+    result = _sweep(shared_data_dir, log_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                    f"trainer.devices={devices}", "logger=csv", multirun=False)  # hparams_search sets MULTIRUN
+    assert result.returncode == 0, _output(result)
+    sweep_dir = _only_sweep_dir(log_dir)
+    jobs = _job_dirs(sweep_dir)
+    assert len(jobs) == 3
+    objective = []
+    for job in jobs:
+        sampled = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")
+                       if o.startswith(("model.beta=", "model.latent_dim=", "model.lr=")))
+        assert len(sampled) == 3
+        lines = _hyperparameter_lines(job)
+        assert len(lines) == devices and len(set(lines)) == 1  # every rank: the same values
+        logged = dict(re.findall(r"(\w+)=(\S+)", lines[0]))
+        assert float(logged["beta"]) == float(sampled["model.beta"]) and logged["latent_dim"] == sampled["model.latent_dim"]
+        assert float(logged["lr"]) == float(sampled["model.lr"])
+        metrics = _metrics(job)
+        assert metrics["status"] == "completed" and metrics["devices"] == devices
+        objective.append(metrics["val/nelbo"])
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(min(objective))
