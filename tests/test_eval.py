@@ -1,0 +1,129 @@
+"""`python eval.py ckpt_path=...` on a VAE and an AE checkpoint, through the real entry point."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import REPO, run_dirs, run_entry_point, small_run_overrides
+
+K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
+
+
+def test_eval_config_composes_with_its_defaults():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt"])
+    assert cfg.eval.k == 1000 and cfg.ckpt_path == "x.ckpt" and cfg.data.name == "mnist"
+
+
+def _train(data_dir: Path, log_dir: Path, *overrides: str) -> Path:
+    result = run_entry_point(*small_run_overrides(data_dir, log_dir), "logger=csv",
+                             "callbacks.latent_panels.every_n_epochs=0", "trainer.max_epochs=1", *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = run_dirs(log_dir)
+    return run_dir
+
+
+def _evaluate(run_dir: Path, log_dir: Path) -> tuple[Path, dict, str]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    before = {p for p in log_dir.glob("evals/*/*")}
+    # No data overrides: eval takes them from the training run's .hydra/config.yaml.
+    result = run_entry_point(f"ckpt_path={metrics['best_checkpoint']}", f"paths.log_dir={log_dir}",
+                             f"eval.k={K}", "eval.n_samples=200", script="eval.py")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (eval_dir,) = set(log_dir.glob("evals/*/*")) - before
+    return eval_dir, json.loads((eval_dir / "eval.json").read_text()), (eval_dir / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def evaluated(shared_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    out = {}
+    for model in ("vae", "ae"):
+        log_dir = root / model
+        run_dir = _train(shared_data_dir, log_dir, f"model={model}")
+        out[model] = (run_dir, json.loads((run_dir / "metrics.json").read_text()), *_evaluate(run_dir, log_dir))
+    return out
+
+
+def _whole_test_set_losses(checkpoint: str, data_dir: Path) -> dict[str, float]:
+    """compute_losses over all test images in one batch: the exact per-image means, by another path."""
+    import torch
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.module import LitAutoencoder
+
+    module = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", val_size=128)
+    dm.load()
+    x, _ = dm.on_after_batch_transfer(dm.splits["test"], 0)
+    with torch.no_grad():
+        return {k: float(v) for k, v in module.compute_losses(x).items()}
+
+
+# metrics.json's test/* are means of batch means: torchmetrics' MeanMetric with
+# nan_strategy="disable" (module.py) ignores the batch-size weight, so with a short last batch
+# they differ from the per-image mean by up to about 1 %.
+TRAINING_TEST_REL = 2e-2
+
+
+def _assert_panels(eval_dir: Path, record: dict, report: str, names: set[str]) -> None:
+    assert set(record["panels"]) == names
+    for name, file in record["panels"].items():
+        assert (eval_dir / file).is_file()
+        assert f"![{name}]({file})" in report
+
+
+@pytest.mark.slow
+def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
+    run_dir, metrics, eval_dir, record, report = evaluated["vae"]
+    assert eval_dir.name.endswith(f"{run_dir.name.split('_', 1)[1]}_{Path(metrics['best_checkpoint']).stem}")
+    assert record["eval/k"] == K and record["eval/images"] == metrics["data/test_size"]
+    assert record["test/nll"] < record["test/nelbo"]
+    assert record["test/nll_gap"] == pytest.approx(record["test/nelbo"] - record["test/nll"])
+    assert record["test/nll"] <= record["test/nelbo_same_samples"]  # Jensen, on the same samples
+    # The KL is exact given the encoder: the same number as the module's own loss on the same images.
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    assert record["test/kl"] == pytest.approx(whole["kl"], rel=1e-5)
+    assert record["test/kl"] == pytest.approx(metrics["test/kl"], rel=TRAINING_TEST_REL)
+    assert sum(record["test/kl_per_dim"]) == pytest.approx(record["test/kl"], rel=1e-5)
+    assert len(record["test/kl_per_dim"]) == 4
+    # recon: k samples here, one in compute_losses; the same expectation.
+    assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-2)
+    assert record["test/loss"] == pytest.approx(record["test/recon"] + record["beta"] * record["test/kl"])
+    assert record["test/nll_constant"] == pytest.approx(0.5 * 784 * 1.1447298858494002)  # ½·D·log π, mse
+    for key in ("continuity/ratio", "completeness/prior_confidence", "completeness/test_confidence",
+                "classifier/test_accuracy"):
+        assert 0 < record[key] < float("inf"), key
+    assert 1 <= record["completeness/prior_class_coverage"] <= 10
+    assert f"{record['test/nll']:.3f}" in report and f"{record['test/nelbo']:.3f}" in report
+    assert "gap" in report and "½·D·log π" in report
+    _assert_panels(eval_dir, record, report,
+                   {"reconstructions", "prior_samples", "interpolations", "traversals", "latent_scatter", "kl_per_dim"})
+
+
+@pytest.mark.slow
+def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
+    run_dir, metrics, eval_dir, record, report = evaluated["ae"]
+    assert "test/nll" not in record and "test/kl" not in record
+    assert set(record["not_applicable"]) == {"test/nll", "test/kl"}
+    assert "Not applicable to an AE" in report and "no density p(x)" in report
+    # An AE's reconstruction is deterministic: exactly the module's own loss on the same images.
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-5)
+    assert record["test/recon"] == pytest.approx(metrics["test/recon"], rel=TRAINING_TEST_REL)
+    assert "completeness/fitted_gaussian_confidence" in record
+    _assert_panels(eval_dir, record, report,
+                   {"reconstructions", "fitted_gaussian_samples", "interpolations", "traversals", "latent_scatter"})
+    # The reference classifier is trained once per data set and then read from its cache.
+    assert evaluated["vae"][3]["classifier/cached"] is False and record["classifier/cached"] is True
+
+
+@pytest.mark.slow
+def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path):
+    result = run_entry_point(f"paths.log_dir={tmp_path}", script="eval.py")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ckpt_path is required" in result.stdout + result.stderr
