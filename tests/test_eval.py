@@ -127,3 +127,22 @@ def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path):
     result = run_entry_point(f"paths.log_dir={tmp_path}", script="eval.py")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ckpt_path is required" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
+    import subprocess
+    import sys
+
+    from vaelab.compare import load_runs
+
+    run_dirs_ = [evaluated[m][0] for m in ("vae", "ae")]
+    runs = load_runs(run_dirs_)
+    assert runs[0].curves["val/recon"][0][0] == 0 and "val/kl" in runs[0].curves and "val/kl" not in runs[1].curves
+    result = subprocess.run([sys.executable, "-m", "vaelab.compare", *map(str, run_dirs_), "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "compare.md").read_text()
+    assert "| vae β=1 z=4 | vae | 1 | 4 | mse | 1 | completed |" in text and "| ae z=4 | ae | – | 4 |" in text
+    assert {p.name for p in tmp_path.glob("*.png")} == {"recon_vs_epoch.png", "kl_vs_epoch.png", "nelbo_vs_epoch.png",
+                                                         "rate_distortion.png"}
