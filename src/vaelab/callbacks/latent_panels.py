@@ -52,7 +52,7 @@ class LatentPanels(pl.Callback):
         self.saved: list[Path] = []
 
     def _panels_due(self, trainer: pl.Trainer) -> bool:
-        if self.every_n_epochs == 0:
+        if self.every_n_epochs == 0 or trainer.fast_dev_run:  # debug=fdr promises that nothing is saved
             return False
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
