@@ -19,6 +19,34 @@ def test_eval_config_composes_with_its_defaults():
     assert cfg.eval.k == 1000 and cfg.ckpt_path == "x.ckpt" and cfg.data.name == "mnist"
 
 
+def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vaelab.eval import use_training_data_config
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    trained = {"data": {"name": "mnist", "data_dir": "/trained/data", "binarize": "dynamic", "val_size": 128,
+                        "batch_size": 64, "source": "local", "split_seed": 0, "pixel_range": [0.0, 1.0]}}
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(trained))
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    def data_after(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt", *overrides])
+        source = use_training_data_config(cfg, ckpt, ["ckpt_path=x.ckpt", *overrides])
+        return cfg.data, source
+
+    data, source = data_after()
+    assert (data.binarize, data.data_dir, data.val_size) == ("dynamic", "/trained/data", 128)
+    assert source.endswith("config.yaml")
+    data, source = data_after("data.val_size=64")  # a data override given to eval wins
+    assert (data.binarize, data.val_size) == ("dynamic", 64) and "data.val_size from the command line" in source
+    data, _ = data_after("data=fashion_mnist")  # a whole data group: eval's own choice
+    assert (data.name, data.binarize) == ("fashion_mnist", "none")
+
+
 def _train(data_dir: Path, log_dir: Path, *overrides: str) -> Path:
     result = run_entry_point(*small_run_overrides(data_dir, log_dir), "logger=csv",
                              "callbacks.latent_panels.every_n_epochs=0", "trainer.max_epochs=1", *overrides)

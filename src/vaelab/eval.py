@@ -38,14 +38,14 @@ def _user_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def use_training_data_config(cfg: DictConfig, ckpt_path: Path) -> str:
+def use_training_data_config(cfg: DictConfig, ckpt_path: Path, overrides: list[str]) -> str:
     """Replace cfg.data with the training run's data config, keeping data overrides given to eval.
 
-    Returns where the data config came from. The training run's config holds interpolations
-    such as ${paths.data_dir}; placed into this config, they resolve against its paths.
+    `overrides` are the command-line overrides given to eval. Returns where the data config came
+    from. The training run's config holds interpolations such as ${paths.data_dir}; placed into
+    this config, they resolve against its paths.
     """
     trained_cfg = ckpt_path.parent.parent / ".hydra" / "config.yaml"
-    overrides = _user_overrides()
     if any(o.lstrip("+~").split("=", 1)[0] == "data" for o in overrides):
         return "the data group given to eval"
     if not trained_cfg.is_file():
@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, verbose=False)
     device = _device(cfg.eval.device)
 
-    data_from = use_training_data_config(cfg, ckpt_path)
+    data_from = use_training_data_config(cfg, ckpt_path, _user_overrides())
     log.info("data config: %s", data_from)
     datamodule = build_datamodule(cfg)
     data_info = datamodule.load()
