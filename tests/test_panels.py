@@ -120,3 +120,34 @@ def test_active_units_of_the_best_epoch_match_its_checkpoint(vae_run, shared_dat
     images, labels = dm.splits["val"]
     x, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert metrics["val/active_units"] == active_units(encode(module.model, x))
+
+
+def test_panels_of_an_ae_with_a_two_dimensional_latent():
+    from vaelab.evaluation.panels import make_panels
+    from vaelab.module import LitAutoencoder
+
+    torch.manual_seed(0)
+    module = LitAutoencoder(model="ae", latent_dim=2, hidden_dims=[16])
+    x, labels = torch.rand(40, 1, 28, 28), torch.arange(40) % 10
+    panels = {p.name: p for p in make_panels(module, x, labels, n_samples=9)}
+    # An AE has no prior and no KL: its samples come from a fitted Gaussian, and there are no KL bars.
+    assert set(panels) == {"reconstructions", "fitted_gaussian_samples", "interpolations", "traversals", "latent_scatter"}
+    assert "fitted to the mean and covariance" in panels["fitted_gaussian_samples"].caption
+    assert panels["fitted_gaussian_samples"].image.shape == (3 * TILE + 2, 3 * TILE + 2, 3)
+    assert panels["traversals"].image.shape[0] == 2 * TILE + 2  # one row per latent dimension
+    assert "the latent itself" in panels["latent_scatter"].caption
+    assert module.training  # make_panels restores the mode it found
+
+
+def test_an_ae_samples_a_gaussian_with_the_mean_and_covariance_of_its_codes():
+    from vaelab.evaluation.panels import sample_codes
+
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 0.3]])
+    codes = torch.randn(4000, 3, generator=g) @ mixing.T + torch.tensor([5.0, -1.0, 0.0])
+    z, name, _ = sample_codes(Codes(codes, None), 20000, g)
+    assert name == "fitted_gaussian_samples"
+    assert torch.allclose(z.mean(dim=0), codes.mean(dim=0), atol=0.05)
+    assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.1)
+    z, name, _ = sample_codes(Codes(codes, torch.zeros_like(codes)), 20000, g)  # a VAE: the prior N(0, I)
+    assert name == "prior_samples" and torch.allclose(torch.cov(z.T), torch.eye(3), atol=0.05)
