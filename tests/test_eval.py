@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_dirs, run_entry_point, small_run_overrides
+from conftest import REPO, run_entry_point, small_run_overrides
 
 K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
 
@@ -47,33 +47,31 @@ def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
     assert (data.name, data.binarize) == ("fashion_mnist", "none")
 
 
-def _train(data_dir: Path, log_dir: Path, *overrides: str) -> Path:
-    result = run_entry_point(*small_run_overrides(data_dir, log_dir), "logger=csv",
-                             "callbacks.latent_panels.every_n_epochs=0", "trainer.max_epochs=1", *overrides)
+def _ok(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run_dir,) = run_dirs(log_dir)
-    return run_dir
-
-
-def _evaluate(run_dir: Path, log_dir: Path) -> tuple[Path, dict, str]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    before = {p for p in log_dir.glob("evals/*/*")}
-    # No data overrides: eval takes them from the training run's .hydra/config.yaml.
-    result = run_entry_point(f"ckpt_path={metrics['best_checkpoint']}", f"paths.log_dir={log_dir}",
-                             f"eval.k={K}", "eval.n_samples=200", script="eval.py")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (eval_dir,) = set(log_dir.glob("evals/*/*")) - before
-    return eval_dir, json.loads((eval_dir / "eval.json").read_text()), (eval_dir / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def evaluated(shared_data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
+    """A VAE and an AE, each trained one epoch and evaluated: {model: (run dir, metrics, eval dir, eval.json, report)}.
+
+    Both trainings run as one sweep and both evaluations as one: starting a process (Lightning's
+    import) is most of the time of such tiny runs.
+    """
+    log_dir = tmp_path_factory.mktemp("eval") / "outputs"
+    _ok(run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
+                        "callbacks.latent_panels.every_n_epochs=0", "model=vae,ae"))
+    runs = {d.parent.name.split("_", 1)[1].split("-")[0]: d.parent for d in log_dir.glob("multirun/*/*/*/metrics.json")}
+    metrics = {m: json.loads((runs[m] / "metrics.json").read_text()) for m in ("vae", "ae")}
+    # No data overrides: eval takes them from the training runs' .hydra/config.yaml.
+    checkpoints = ",".join(metrics[m]["best_checkpoint"] for m in ("vae", "ae"))
+    _ok(run_entry_point("-m", f"ckpt_path={checkpoints}", f"paths.log_dir={log_dir}", f"eval.k={K}",
+                        "eval.n_samples=200", script="eval.py"))
     out = {}
-    for model in ("vae", "ae"):
-        log_dir = root / model
-        run_dir = _train(shared_data_dir, log_dir, f"model={model}")
-        out[model] = (run_dir, json.loads((run_dir / "metrics.json").read_text()), *_evaluate(run_dir, log_dir))
+    for job, model in enumerate(("vae", "ae")):
+        (eval_dir,) = log_dir.glob(f"evals/*/*_multi/{job}_*")
+        out[model] = (runs[model], metrics[model], eval_dir, json.loads((eval_dir / "eval.json").read_text()),
+                      (eval_dir / "report.md").read_text())
     return out
 
 
