@@ -2,5 +2,6 @@
 
 from vaelab.callbacks.best_metrics import BestEpochMetrics
 from vaelab.callbacks.epoch_timer import EpochTimer
+from vaelab.callbacks.latent_panels import LatentPanels
 
-__all__ = ["BestEpochMetrics", "EpochTimer"]
+__all__ = ["BestEpochMetrics", "EpochTimer", "LatentPanels"]

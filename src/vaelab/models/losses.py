@@ -15,8 +15,8 @@ def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(start_dim=1).sum(dim=1)
 
 
-def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Reconstruction error of decoder `logits` against images `x` in [0, 1], batch mean.
+def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Reconstruction error of decoder `logits` against images `x` in [0, 1], one value per image (B,).
 
     mse: ‖x − sigmoid(logits)‖², summed over pixels.
     bce: −log p(x|z) for independent Bernoulli pixels with these logits, in nats, summed
@@ -28,12 +28,22 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> tor
         per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {', '.join(RECON_LOSSES)}")
-    return _sum_per_example(per_pixel).mean()
+    return _sum_per_example(per_pixel)
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """`reconstruction_error` averaged over the batch: the training loss term."""
+    return reconstruction_error(logits, x, kind).mean()
+
+
+def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL[N(mu_j, exp(logvar_j)) ‖ N(0, 1)] of each latent dimension of each example, (B, latent_dim).
+
+    Appendix B of Kingma & Welling (arXiv:1312.6114): −½ (1 + log σ_j² − μ_j² − σ_j²).
+    """
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL[N(mu, exp(logvar)) ‖ N(0, I)] in closed form, summed over latent dims, batch mean.
-
-    Appendix B of Kingma & Welling (arXiv:1312.6114): −½ Σ_j (1 + log σ_j² − μ_j² − σ_j²).
-    """
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean()
+    """KL[N(mu, exp(logvar)) ‖ N(0, I)] in closed form, summed over latent dims, batch mean."""
+    return gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()

@@ -1,0 +1,32 @@
+"""Evaluate a checkpoint: test metrics, importance-sampled NLL, latent diagnostics, panels, report.
+
+    python eval.py ckpt_path=outputs/runs/<date>/<time>_vae-z20-beta1/checkpoints/last.ckpt
+    python eval.py ckpt_path=<...>.ckpt eval.k=5000          # tighter NLL estimate
+    python eval.py ckpt_path=<...>.ckpt eval.max_images=1000 # quicker, on part of the test set
+"""
+
+import os
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
+
+from vaelab.cli import report_errors, silence_known_noise  # noqa: E402
+from vaelab.evaluation.names import checkpoint_run_name  # noqa: E402
+
+silence_known_noise()
+# Names the eval directory after the evaluated run and checkpoint (e.g. vae-z20-beta1_last).
+OmegaConf.register_new_resolver("eval_name", checkpoint_run_name, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@report_errors
+def main(cfg: DictConfig):
+    from vaelab.eval import run  # imported here so that `--help` stays fast
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

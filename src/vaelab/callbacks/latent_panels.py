@@ -1,0 +1,91 @@
+"""Watches the latent space during training: diagnostics every validation, image panels every few epochs."""
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from vaelab.errors import ConfigError
+from vaelab.evaluation.latent import active_units, encode, kl_per_dim
+from vaelab.evaluation.panels import log_panels, make_panels, save_panels
+
+log = logging.getLogger(__name__)
+
+
+def split_images(trainer: pl.Trainer, split: str, limit: Optional[int], device: torch.device):
+    """The first `limit` images of a split as model inputs (floats in pixel_range) and their labels."""
+    datamodule = trainer.datamodule
+    if datamodule is None or not getattr(datamodule, "splits", None):
+        raise ConfigError("the LatentPanels callback needs vaelab's MNISTDataModule (trainer.fit(..., datamodule=...))")
+    images, labels = datamodule.splits[split]
+    images, labels = images[:limit].to(device), labels[:limit].to(device)
+    # The DataModule's own conversion: uint8 → floats in data.pixel_range (val/test are never resampled).
+    x, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    return x, labels
+
+
+class LatentPanels(pl.Callback):
+    """Latent diagnostics at every validation epoch and image panels every `every_n_epochs` epochs.
+
+    Diagnostics (all ranks compute them on the whole validation split, so they agree without
+    communication; logged as epoch metrics):
+      val/active_units   number of dims with Cov_x(E_q[z_i]) > 0.01 (Burda et al. 2015)
+      val/kl_per_dim     W&B histogram, one bin per dimension (VAE)
+    Panels (global rank 0 only, no collective): images/<panel>_epoch<NNN>.png in the run dir
+    and every image-capable logger, epochs counted from 0 like the checkpoints.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n_images: int = 8, n_samples: int = 64, n_scatter: int = 2000,
+                 interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
+                 max_val_images: Optional[int] = 10000, output_dir: Optional[str] = None, seed: int = 0):
+        if every_n_epochs < 0:
+            raise ConfigError(f"callbacks.latent_panels.every_n_epochs={every_n_epochs} must be >= 0 (0: never)")
+        if n_images < 2:
+            raise ConfigError(f"callbacks.latent_panels.n_images={n_images} must be at least 2 (pairs are interpolated)")
+        self.every_n_epochs, self.n_scatter, self.max_val_images = every_n_epochs, n_scatter, max_val_images
+        self.output_dir, self.seed = output_dir, seed
+        self.panel_options = dict(n_images=n_images, n_samples=n_samples, interpolation_steps=interpolation_steps,
+                                  traversal_dims=traversal_dims, traversal_steps=traversal_steps)
+        self.saved: list[Path] = []
+
+    def _panels_due(self, trainer: pl.Trainer) -> bool:
+        if self.every_n_epochs == 0 or trainer.fast_dev_run:  # debug=fdr promises that nothing is saved
+            return False
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        return (epoch + 1) % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        with torch.no_grad():
+            x, _ = split_images(trainer, "val", self.max_val_images, pl_module.device)
+            codes = encode(pl_module.model, x)
+            # Every rank encodes the same images, so the value is the same everywhere; sync_dist
+            # only keeps Lightning from warning about an unsynchronised epoch metric.
+            pl_module.log("val/active_units", float(active_units(codes)), on_step=False, on_epoch=True, sync_dist=True)
+            if trainer.is_global_zero:
+                if codes.logvar is not None:
+                    self._log_kl_histogram(trainer, kl_per_dim(codes))
+                if self._panels_due(trainer):
+                    self._write_panels(trainer, pl_module)
+
+    def _log_kl_histogram(self, trainer: pl.Trainer, kl: torch.Tensor) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                values = kl.cpu().numpy()
+                edges = list(range(len(values) + 1))  # one bin per dimension: the bar chart as a histogram
+                logger.experiment.log({"val/kl_per_dim": wandb.Histogram(np_histogram=(values, edges)),
+                                       "trainer/global_step": trainer.global_step})
+
+    def _write_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x, labels = split_images(trainer, "test", self.n_scatter, pl_module.device)
+        panels = make_panels(pl_module, x, labels, seed=self.seed, **self.panel_options)
+        folder = Path(self.output_dir or trainer.default_root_dir) / "images"
+        self.saved += save_panels(panels, folder, suffix=f"_epoch{trainer.current_epoch:03d}")
+        log_panels(trainer.loggers, panels, step=trainer.global_step)

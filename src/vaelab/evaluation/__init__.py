@@ -1,0 +1,1 @@
+"""Judging a trained model: latent statistics, importance-sampled NLL, panels, continuity and completeness."""

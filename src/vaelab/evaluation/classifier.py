@@ -1,0 +1,96 @@
+"""A small label classifier that vaelab trains once per data set and caches, to judge decoded samples.
+
+It is a reference for *completeness* (see `regularity.py`): its confidence on decoded prior
+samples says how much they look like some class of the data. It is trained on the training
+split as grey levels in [0, 1] (the decoder's pixel means are grey levels too).
+"""
+
+import hashlib
+import math
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaelab.evaluation.latent import batches
+
+log = logging.getLogger(__name__)
+
+N_CLASSES = 10
+
+
+class LabelClassifier(nn.Module):
+    """MLP (H·W)-256-10 on images in [0, 1]."""
+
+    def __init__(self, n_pixels: int = 784, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_pixels, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div(255)
+
+
+def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """A digest of the training images and labels: a new data set (or split) gets a new classifier."""
+    digest = hashlib.sha1(images.contiguous().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, min_steps: int = 500,
+                     batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu") -> LabelClassifier:
+    """Fit on uint8 images (N, H, W) with Adam; deterministic given `seed`.
+
+    At least `min_steps` steps: a small data set gets more epochs, or its classifier would be
+    under-confident on real images and make every sample look implausible.
+    """
+    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(images) / batch_size)))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = LabelClassifier(images[0].numel()).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x_all, y_all = images.to(device), labels.long().to(device)
+    for _ in range(epochs):
+        order = torch.randperm(len(x_all), generator=generator).to(device)
+        for part in batches(len(order), batch_size):
+            idx = order[part]
+            loss = nn.functional.cross_entropy(model(_unit(x_all[idx])), y_all[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    device = next(model.parameters()).device
+    correct = sum(int((model(_unit(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
+                  for p in batches(len(images), 1000))
+    return correct / len(images)
+
+
+def cached_classifier(splits: dict, cache_dir: Path, name: str, device: torch.device | str = "cpu") -> tuple[LabelClassifier, dict]:
+    """The classifier for these training images: loaded from `cache_dir` or trained there once."""
+    train_x, train_y = splits["train"]
+    path = Path(cache_dir) / f"{name}-{data_key(train_x, train_y)}.pt"
+    model = LabelClassifier(train_x[0].numel())
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model = model.to(device).eval()
+        cached = True
+    else:
+        log.info("training the reference classifier on %d images (once; cached in %s)", len(train_x), path)
+        model = train_classifier(train_x, train_y, device=device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".pt.partial")  # another process never reads half a file
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, partial)
+        partial.replace(path)
+        cached = False
+    test_x, test_y = splits["test"]
+    return model, {"classifier/path": str(path), "classifier/cached": cached,
+                   "classifier/test_accuracy": accuracy(model, test_x, test_y)}

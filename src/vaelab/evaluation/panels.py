@@ -1,0 +1,191 @@
+"""Image panels that show the latent space: each is a uint8 RGB array (H, W, 3) with a caption.
+
+Grids of decoded images are 28×28 tiles with 2-pixel grey borders, so a grid of r rows and
+c columns of H×W images is (r·(H+2)+2) × (c·(W+2)+2) pixels. Charts (scatter, KL bars) are
+matplotlib figures rendered without pyplot, so no global state or display is touched.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid
+
+from vaelab.evaluation.latent import ACTIVE_THRESHOLD, Codes, activity, batches, encode, kl_per_dim, most_active_first, project_2d
+
+PADDING = 2
+TRAVERSAL_RANGE = 3.0  # traverse ±3 standard deviations: the prior's for a VAE, the codes' for an AE
+
+
+@dataclass
+class Panel:
+    name: str  # file stem: images/<name>_epoch<N>.png
+    image: np.ndarray  # (H, W, 3) uint8
+    caption: str
+
+
+def grid_image(images: torch.Tensor, ncol: int) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] → one uint8 (H', W', 3) grid, `ncol` images per row."""
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=ncol, padding=PADDING, pad_value=0.5)
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def figure_image(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@torch.no_grad()
+def decode_means(module, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Decoded pixel means in [0, 1] (the sigmoid of the logits) of codes (N, d), (N, C, H, W)."""
+    return torch.cat([torch.sigmoid(module.model.decode(z[part])) for part in batches(len(z), batch_size)])
+
+
+def fitted_gaussian(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (d,) and a Cholesky factor (d, d) of the codes' empirical covariance."""
+    mean = codes.mean(dim=0)
+    centred = codes - mean
+    cov = centred.T @ centred / max(len(codes) - 1, 1)
+    # A small ridge keeps the factorisation defined when some code dimensions never vary.
+    ridge = 1e-6 * (cov.diagonal().mean() + 1e-12) * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
+    return mean, torch.linalg.cholesky(cov + ridge)
+
+
+def sample_codes(codes: Codes, n: int, generator: torch.Generator) -> tuple[torch.Tensor, str, str]:
+    """Codes to decode as samples, the panel's name and caption.
+
+    A VAE samples its prior N(0, I). An AE has no prior: codes drawn from N(0, I) may lie far
+    from any code it was trained on, so it gets a Gaussian fitted to its own codes instead.
+    """
+    d = codes.mu.shape[1]
+    eps = torch.randn(n, d, generator=generator).to(codes.mu)
+    if codes.logvar is not None:
+        return eps, "prior_samples", "decoded z ~ N(0, I), the VAE's prior"
+    mean, chol = fitted_gaussian(codes.mu)
+    return mean + eps @ chol.T, "fitted_gaussian_samples", (
+        "AE (no prior): decoded z ~ N(m, C), a Gaussian fitted to the mean and covariance of its test codes")
+
+
+def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str) -> np.ndarray:
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    points, classes = coords.cpu().numpy(), labels.cpu().numpy()
+    for c in np.unique(classes):
+        mask = classes == c
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=f"C{int(c) % 10}", label=str(int(c)))
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=9)
+    ax.legend(markerscale=2, fontsize=7, loc="best", title="label", title_fontsize=7)
+    fig.tight_layout()
+    return figure_image(fig)
+
+
+def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
+    fig = Figure(figsize=(6, 3), dpi=100)
+    ax = fig.add_subplot()
+    dims = np.arange(1, len(kl) + 1)
+    colours = ["C0" if a else "C7" for a in active.cpu().numpy()]
+    ax.bar(dims, kl.cpu().numpy(), color=colours)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL (nats, mean over images)")
+    ax.set_title(f"KL per dimension; blue: active (Cov_x(E_q[z_i]) > {ACTIVE_THRESHOLD}), grey: inactive", fontsize=8)
+    fig.tight_layout()
+    return figure_image(fig)
+
+
+@torch.no_grad()
+def make_panels(module, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8, n_samples: int = 64,
+                interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
+                seed: int = 0) -> list[Panel]:
+    """All panels of `module` on images `x` (N, C, H, W, in the data's pixel range) with `labels`.
+
+    The first `n_images` images are the fixed set shown; all N are encoded for the scatter,
+    the activity order and the AE's fitted Gaussian.
+    """
+    was_training = module.training
+    module.eval()
+    generator = torch.Generator().manual_seed(seed)
+    codes = encode(module.model, x)
+    n_images = min(n_images, len(x))
+    panels: list[Panel] = []
+
+    # 1) Reconstructions decode the posterior mean, so they do not change with the sampled z.
+    originals = module._to_unit_range(x[:n_images])
+    recon = decode_means(module, codes.mu[:n_images])
+    panels.append(Panel("reconstructions", grid_image(torch.cat([originals, recon]), n_images),
+                        "top: test images; bottom: their reconstructions (decoded E_q[z|x])"))
+
+    # 2) Samples.
+    z, name, caption = sample_codes(codes, n_samples, generator)
+    panels.append(Panel(name, grid_image(decode_means(module, z), int(np.ceil(np.sqrt(n_samples)))), caption))
+
+    # 3) Interpolations: row i goes linearly in code space from image i to image i + pairs.
+    pairs = max(1, n_images // 2)
+    t = torch.linspace(0, 1, interpolation_steps).to(codes.mu)[None, :, None]  # (1, steps, 1)
+    z_a = codes.mu[:pairs, None]
+    z_b = codes.mu[pairs : 2 * pairs, None] if len(x) >= 2 * pairs else z_a  # one image: a constant row
+    path = ((1 - t) * z_a + t * z_b).reshape(-1, codes.mu.shape[1])
+    panels.append(Panel("interpolations", grid_image(decode_means(module, path), interpolation_steps),
+                        f"each row: decoded codes on the straight line between two test images' codes, {interpolation_steps} steps"))
+
+    # 4) Traversals: row r varies the r-th most active dimension, the others stay at image 0's code.
+    order = most_active_first(codes)[:traversal_dims]
+    steps = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, traversal_steps).to(codes.mu)
+    if codes.logvar is not None:
+        centre, spread = torch.zeros_like(codes.mu[0]), torch.ones_like(codes.mu[0])
+    else:
+        centre, spread = codes.mu.mean(dim=0), codes.mu.std(dim=0)
+    rows = []
+    for dim in order:
+        z = codes.mu[0].repeat(traversal_steps, 1)
+        z[:, dim] = centre[dim] + steps * spread[dim]
+        rows.append(z)
+    unit = "prior std" if codes.logvar is not None else "std of the AE's codes"
+    panels.append(Panel("traversals", grid_image(decode_means(module, torch.cat(rows)), traversal_steps),
+                        f"row r: dimension {[int(d) + 1 for d in order]}[r] (most active first) from "
+                        f"−{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g} {unit}; the others at a test image's code"))
+
+    # 5) 2-D scatter of the codes coloured by label.
+    coords, axes = project_2d(codes.mu)
+    how = "the latent itself" if codes.mu.shape[1] <= 2 else "PCA of the codes"
+    panels.append(Panel("latent_scatter", scatter_panel(coords, labels[: len(coords)], axes, f"test codes ({how}) by label"),
+                        f"{len(coords)} test codes, {how}, coloured by label"))
+
+    # 6) KL per dimension (a VAE only: an AE has no KL).
+    if codes.logvar is not None:
+        active = activity(codes) > ACTIVE_THRESHOLD
+        panels.append(Panel("kl_per_dim", kl_bar_panel(kl_per_dim(codes), active),
+                            f"KL per latent dimension; {int(active.sum())} of {len(active)} units active"))
+    module.train(was_training)
+    return panels
+
+
+def save_panels(panels: list[Panel], folder: Path, suffix: str = "") -> list[Path]:
+    """Write images/<name><suffix>.png for each panel; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for panel in panels:
+        path = folder / f"{panel.name}{suffix}.png"
+        Image.fromarray(panel.image).save(path)
+        paths.append(path)
+    return paths
+
+
+def log_panels(loggers: list[Logger], panels: list[Panel], step: int) -> None:
+    """Send the panels to every image-capable logger, as uint8 (W&B would not rescale floats)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            # One history row for all panels, at the trainer's global step.
+            logger.log_metrics({f"panels/{p.name}": wandb.Image(p.image, caption=p.caption) for p in panels}, step)
+        elif isinstance(logger, TensorBoardLogger):
+            for panel in panels:
+                logger.experiment.add_image(f"panels/{panel.name}", panel.image, step, dataformats="HWC")

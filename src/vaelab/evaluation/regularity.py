@@ -1,0 +1,77 @@
+"""The two properties the KL term buys, as numbers: continuity and completeness.
+
+Continuity: nearby codes should decode to similar images, in every direction, not only along
+the codes of the data. With s the median distance from a test code to its nearest neighbouring
+test code (the latent space's own unit of "one step"), u a random unit direction and
+rms(a, b) = sqrt(mean over pixels (a − b)²) on pixel means in [0, 1]:
+
+    random_change_per_unit    = mean_i rms(g(z_i + s·u_i), g(z_i)) / s
+    neighbour_change_per_unit = mean_i rms(g(z_nn(i)), g(z_i)) / ‖z_nn(i) − z_i‖
+    ratio                     = random_change_per_unit / neighbour_change_per_unit
+
+A ratio near 1 (or below) means a step off the data's codes changes the image no more than a
+step to a neighbouring image; ≫ 1 means the decoder changes abruptly between the data's codes.
+Steps are measured in each model's own code scale, so AE and VAE compare.
+
+Completeness: codes drawn from the prior should decode to plausible images. Plausibility is
+judged by a small classifier trained on the same data (`classifier.py`): its mean max-softmax
+confidence on decoded samples, beside its confidence on real test images, and the class
+coverage exp(H(mean predicted distribution)) (10 when samples spread over all classes, 1 when
+they collapse to one). Chosen over the Fréchet distance between classifier features because
+it needs no large sample to be unbiased (FID is biased at a few thousand samples), reads on a
+fixed scale (0.1 to 1) and is cheap enough for every evaluation.
+"""
+
+import torch
+
+from vaelab.evaluation.latent import batches
+from vaelab.evaluation.panels import decode_means, fitted_gaussian
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).flatten(1).mean(dim=1).sqrt()
+
+
+@torch.no_grad()
+def continuity(module, codes: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+    """Continuity numbers for codes (N, d) of test images (N ≥ 2)."""
+    distances = torch.cdist(codes, codes)
+    distances.fill_diagonal_(float("inf"))
+    nn_dist, nn_idx = distances.min(dim=1)
+    keep = nn_dist > 0  # identical codes give no direction to compare with
+    codes, nn_dist, nn_idx = codes[keep], nn_dist[keep], nn_idx[keep]
+    step = nn_dist.median()
+    u = torch.randn(codes.shape, generator=generator).to(codes)
+    u = u / u.norm(dim=1, keepdim=True)
+    base = decode_means(module, codes)
+    random_change = _rms(decode_means(module, codes + step * u), base) / step
+    neighbour_change = _rms(base[nn_idx], base) / nn_dist
+    r, n = float(random_change.mean()), float(neighbour_change.mean())
+    return {"continuity/step": float(step), "continuity/random_change_per_unit": r,
+            "continuity/neighbour_change_per_unit": n, "continuity/ratio": r / n if n > 0 else float("nan")}
+
+
+@torch.no_grad()
+def _judge(classifier, images: torch.Tensor, prefix: str) -> dict[str, float]:
+    probs = torch.cat([torch.softmax(classifier(images[p]), dim=1) for p in batches(len(images), 1000)])
+    mean = probs.mean(dim=0)
+    entropy = -(mean * mean.clamp_min(1e-12).log()).sum()
+    return {f"{prefix}_confidence": float(probs.max(dim=1).values.mean()),
+            f"{prefix}_class_coverage": float(entropy.exp())}
+
+
+@torch.no_grad()
+def completeness(module, classifier, codes: torch.Tensor, test_images: torch.Tensor, n_samples: int,
+                 generator: torch.Generator) -> dict[str, float]:
+    """Classifier judgements of decoded N(0, I) samples (and, for an AE, of its fitted Gaussian's).
+
+    `test_images` (N, 1, H, W) in [0, 1] give the reference values of real images.
+    """
+    device = next(classifier.parameters()).device
+    eps = torch.randn(n_samples, codes.shape[1], generator=generator).to(codes)
+    out = _judge(classifier, test_images.to(device), "completeness/test")
+    out.update(_judge(classifier, decode_means(module, eps).to(device), "completeness/prior"))
+    if module.hparams.model == "ae":
+        mean, chol = fitted_gaussian(codes)
+        out.update(_judge(classifier, decode_means(module, mean + eps @ chol.T).to(device), "completeness/fitted_gaussian"))
+    return out

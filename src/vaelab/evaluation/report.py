@@ -1,0 +1,86 @@
+"""report.md of an evaluation: the numbers of eval.json with what they mean, and the panels."""
+
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> list[str]:
+    return ["| metric | value | meaning |", "|---|---|---|", *(f"| `{a}` | {b} | {c} |" for a, b, c in rows)]
+
+
+def write_report(path: Path, r: dict[str, Any]) -> None:
+    is_vae = r["model"] == "vae"
+    lines = [f"# Evaluation of `{r['checkpoint']}`", "",
+             f"Model: **{r['model']}**, latent_dim={r['latent_dim']}, β={r['beta']:g}, recon_loss={r['recon_loss']}. "
+             f"Data: {r.get('data/name')} from {r.get('data/source')} ({r.get('data/location')}), "
+             f"{r['eval/images']} test images (binarize={r.get('data/binarize')}); data config: {r['data_config']}.", "",
+             "## Test metrics (means per image, nats where a likelihood is defined)", ""]
+    rows = [("test/recon", _num(r["test/recon"]), "reconstruction term, summed over pixels"
+             + (f", averaged over the {r['eval/k']} samples of q(z|x)" if is_vae else ""))]
+    if is_vae:
+        rows += [("test/kl", _num(r["test/kl"]), "KL[q(z|x) ‖ N(0, I)], exact"),
+                 ("test/nelbo", _num(r["test/nelbo"]), "recon + kl: the negative ELBO, an upper bound on −log p(x)"),
+                 ("test/loss", _num(r["test/loss"]), "recon + β·kl, what training optimised"),
+                 ("test/nll", _num(r["test/nll"]), f"−log p(x), importance-sampled with k={r['eval/k']}"),
+                 ("test/nll_gap", _num(r["test/nll_gap"]), "nelbo − nll ≥ 0: how loose the bound is")]
+    else:
+        rows += [("test/loss", _num(r["test/loss"]), "= recon for an AE")]
+    lines += _table(rows)
+    if is_vae:
+        constant = r["test/nll_constant"]
+        lines += ["", "### How nll is estimated", "",
+                  "log p(x) ≈ logsumexp_j log w_j − log k, w_j = p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x) "
+                  "(Burda et al. 2015), accumulated in chunks so memory does not grow with k. "
+                  f"Here nll = {_num(r['test/nll'])} {'≤' if r['test/nll_gap'] >= 0 else '> (an estimate off by noise)'} "
+                  f"nelbo = {_num(r['test/nelbo'])} (gap {_num(r['test/nll_gap'])} nats); "
+                  f"the ELBO of the very same samples is {_num(r['test/nelbo_same_samples'])}."]
+        if r["recon_loss"] == "mse":
+            lines += ["", "The mse decoder is read as a Gaussian p(x|z) = N(x', σ² I) with σ² = ½, since "
+                      "−log N(x; x', σ² I) = ‖x − x'‖²/(2σ²) + (D/2)·log(2πσ²) = ‖x − x'‖² + ½·D·log π. "
+                      "nll and nelbo above leave out the constant ½·D·log π = "
+                      f"{constant:.2f} nats, like the training metrics; the Gaussian's full negative log-density is "
+                      f"nll + {constant:.2f} = {r['test/nll'] + constant:.2f} nats."]
+        else:
+            lines += ["", "The bce decoder is a Bernoulli likelihood: nll is in nats, comparable with published "
+                      "numbers when the data are binarised (data.binarize)."]
+    else:
+        lines += ["", "**Not applicable to an AE:**", "", *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items())]
+
+    lines += ["", "## Latent space", "",
+              f"Active units (Burda et al. 2015: Cov_x(E_q[z_i]) > 0.01): **{r['test/active_units']} of {r['latent_dim']}**."]
+    if is_vae:
+        lines += ["", "| dimension | KL (nats) |", "|---|---|",
+                  *(f"| {i + 1} | {v:.3f} |" for i, v in enumerate(r["test/kl_per_dim"]))]
+    lines += ["", "### Continuity", "",
+              "With s the median distance between a test code and its nearest neighbouring code, the mean RMS "
+              "pixel change of the decoded image per unit latent step, along a random direction (step s) and "
+              "towards the nearest neighbouring test code. A ratio near 1 or below: stepping off the data's codes "
+              "changes the image no more than moving to a neighbour; ≫ 1: abrupt changes between the data's codes.", "",
+              *_table([("continuity/step", _num(r.get("continuity/step")), "s, in the model's own code units"),
+                       ("continuity/random_change_per_unit", _num(r.get("continuity/random_change_per_unit")), "random direction"),
+                       ("continuity/neighbour_change_per_unit", _num(r.get("continuity/neighbour_change_per_unit")), "towards the nearest test code"),
+                       ("continuity/ratio", _num(r.get("continuity/ratio")), "random / neighbour")])]
+    rows = [("completeness/test_confidence", _num(r["completeness/test_confidence"]), "real test images (the reference)"),
+            ("completeness/prior_confidence", _num(r["completeness/prior_confidence"]), "decoded z ~ N(0, I)"),
+            ("completeness/prior_class_coverage", _num(r["completeness/prior_class_coverage"]), "of 10: how many classes the samples spread over")]
+    if "completeness/fitted_gaussian_confidence" in r:
+        rows += [("completeness/fitted_gaussian_confidence", _num(r["completeness/fitted_gaussian_confidence"]), "decoded z ~ N(m, C) fitted to the AE's codes"),
+                 ("completeness/fitted_gaussian_class_coverage", _num(r["completeness/fitted_gaussian_class_coverage"]), "of 10")]
+    lines += ["", "### Completeness", "",
+              "Do decoded prior samples look like data? A small classifier, trained once on the same training split "
+              f"and cached (test accuracy {_num(r['classifier/test_accuracy'])}), judges them: the mean max-softmax "
+              "confidence, and the class coverage exp(H(mean predicted distribution)). Confidence was chosen over a "
+              "Fréchet distance of classifier features: it is unbiased with a thousand samples and reads on a fixed "
+              "scale (0.1 to 1).", "", *_table(rows)]
+    lines += ["", "## Panels", ""]
+    for name, file in r["panels"].items():
+        lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]
+    path.write_text("\n".join(lines) + "\n")

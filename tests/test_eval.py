@@ -1,0 +1,174 @@
+"""`python eval.py ckpt_path=...` on a VAE and an AE checkpoint, through the real entry point."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import REPO, run_entry_point, small_run_overrides
+
+K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
+
+
+def test_eval_config_composes_with_its_defaults():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt"])
+    assert cfg.eval.k == 1000 and cfg.ckpt_path == "x.ckpt" and cfg.data.name == "mnist"
+
+
+def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vaelab.eval import use_training_data_config
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    trained = {"data": {"name": "mnist", "data_dir": "/trained/data", "binarize": "dynamic", "val_size": 128,
+                        "batch_size": 64, "source": "local", "split_seed": 0, "pixel_range": [0.0, 1.0]}}
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(trained))
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    def data_after(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt", *overrides])
+        source = use_training_data_config(cfg, ckpt, ["ckpt_path=x.ckpt", *overrides])
+        return cfg.data, source
+
+    data, source = data_after()
+    assert (data.binarize, data.data_dir, data.val_size) == ("dynamic", "/trained/data", 128)
+    assert source.endswith("config.yaml")
+    data, source = data_after("data.val_size=64")  # a data override given to eval wins
+    assert (data.binarize, data.val_size) == ("dynamic", 64) and "data.val_size from the command line" in source
+    data, _ = data_after("data=fashion_mnist")  # a whole data group: eval's own choice
+    assert (data.name, data.binarize) == ("fashion_mnist", "none")
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def evaluated(shared_data_dir, tmp_path_factory):
+    """A VAE and an AE, each trained one epoch and evaluated: {model: (run dir, metrics, eval dir, eval.json, report)}.
+
+    Both trainings run as one sweep and both evaluations as one: starting a process (Lightning's
+    import) is most of the time of such tiny runs.
+    """
+    log_dir = tmp_path_factory.mktemp("eval") / "outputs"
+    _ok(run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
+                        "callbacks.latent_panels.every_n_epochs=0", "model=vae,ae"))
+    runs = {d.parent.name.split("_", 1)[1].split("-")[0]: d.parent for d in log_dir.glob("multirun/*/*/*/metrics.json")}
+    metrics = {m: json.loads((runs[m] / "metrics.json").read_text()) for m in ("vae", "ae")}
+    # No data overrides: eval takes them from the training runs' .hydra/config.yaml.
+    checkpoints = ",".join(metrics[m]["best_checkpoint"] for m in ("vae", "ae"))
+    _ok(run_entry_point("-m", f"ckpt_path={checkpoints}", f"paths.log_dir={log_dir}", f"eval.k={K}",
+                        "eval.n_samples=200", script="eval.py"))
+    out = {}
+    for job, model in enumerate(("vae", "ae")):
+        (eval_dir,) = log_dir.glob(f"evals/*/*_multi/{job}_*")
+        out[model] = (runs[model], metrics[model], eval_dir, json.loads((eval_dir / "eval.json").read_text()),
+                      (eval_dir / "report.md").read_text())
+    return out
+
+
+def _whole_test_set_losses(checkpoint: str, data_dir: Path) -> dict[str, float]:
+    """compute_losses over all test images in one batch: the exact per-image means, by another path."""
+    import torch
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.module import LitAutoencoder
+
+    module = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", val_size=128)
+    dm.load()
+    x, _ = dm.on_after_batch_transfer(dm.splits["test"], 0)
+    with torch.no_grad():
+        return {k: float(v) for k, v in module.compute_losses(x).items()}
+
+
+# metrics.json's test/* are means of batch means: torchmetrics' MeanMetric with
+# nan_strategy="disable" (module.py) ignores the batch-size weight, so with a short last batch
+# they differ from the per-image mean by up to about 1 %.
+TRAINING_TEST_REL = 2e-2
+
+
+def _assert_panels(eval_dir: Path, record: dict, report: str, names: set[str]) -> None:
+    assert set(record["panels"]) == names
+    for name, file in record["panels"].items():
+        assert (eval_dir / file).is_file()
+        assert f"![{name}]({file})" in report
+
+
+@pytest.mark.slow
+def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
+    run_dir, metrics, eval_dir, record, report = evaluated["vae"]
+    assert eval_dir.name.endswith(f"{run_dir.name.split('_', 1)[1]}_{Path(metrics['best_checkpoint']).stem}")
+    assert record["eval/k"] == K and record["eval/images"] == metrics["data/test_size"]
+    assert record["test/nll"] < record["test/nelbo"]
+    assert record["test/nll_gap"] == pytest.approx(record["test/nelbo"] - record["test/nll"])
+    assert record["test/nll"] <= record["test/nelbo_same_samples"]  # Jensen, on the same samples
+    # The KL is exact given the encoder: the same number as the module's own loss on the same images.
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    assert record["test/kl"] == pytest.approx(whole["kl"], rel=1e-5)
+    assert record["test/kl"] == pytest.approx(metrics["test/kl"], rel=TRAINING_TEST_REL)
+    assert sum(record["test/kl_per_dim"]) == pytest.approx(record["test/kl"], rel=1e-5)
+    assert len(record["test/kl_per_dim"]) == 4
+    # recon: k samples here, one in compute_losses; the same expectation.
+    assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-2)
+    assert record["test/loss"] == pytest.approx(record["test/recon"] + record["beta"] * record["test/kl"])
+    assert record["test/nll_constant"] == pytest.approx(0.5 * 784 * 1.1447298858494002)  # ½·D·log π, mse
+    for key in ("continuity/ratio", "completeness/prior_confidence", "completeness/test_confidence",
+                "classifier/test_accuracy"):
+        assert 0 < record[key] < float("inf"), key
+    assert 1 <= record["completeness/prior_class_coverage"] <= 10
+    assert f"{record['test/nll']:.3f}" in report and f"{record['test/nelbo']:.3f}" in report
+    assert "gap" in report and "½·D·log π" in report
+    _assert_panels(eval_dir, record, report,
+                   {"reconstructions", "prior_samples", "interpolations", "traversals", "latent_scatter", "kl_per_dim"})
+
+
+@pytest.mark.slow
+def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
+    run_dir, metrics, eval_dir, record, report = evaluated["ae"]
+    assert "test/nll" not in record and "test/kl" not in record
+    assert set(record["not_applicable"]) == {"test/nll", "test/kl"}
+    assert "Not applicable to an AE" in report and "no density p(x)" in report
+    # An AE's reconstruction is deterministic: exactly the module's own loss on the same images.
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-5)
+    assert record["test/recon"] == pytest.approx(metrics["test/recon"], rel=TRAINING_TEST_REL)
+    assert "completeness/fitted_gaussian_confidence" in record
+    _assert_panels(eval_dir, record, report,
+                   {"reconstructions", "fitted_gaussian_samples", "interpolations", "traversals", "latent_scatter"})
+    # The reference classifier is trained once per data set and then read from its cache.
+    assert evaluated["vae"][3]["classifier/cached"] is False and record["classifier/cached"] is True
+
+
+@pytest.mark.slow
+def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path):
+    result = run_entry_point(f"paths.log_dir={tmp_path}", script="eval.py")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ckpt_path is required" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
+    import subprocess
+    import sys
+
+    from vaelab.compare import load_runs
+
+    run_dirs_ = [evaluated[m][0] for m in ("vae", "ae")]
+    runs = load_runs(run_dirs_)
+    assert runs[0].curves["val/recon"][0][0] == 0 and "val/kl" in runs[0].curves and "val/kl" not in runs[1].curves
+    result = subprocess.run([sys.executable, "-m", "vaelab.compare", *map(str, run_dirs_), "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "compare.md").read_text()
+    assert "| vae β=1 z=4 | vae | 1 | 4 | mse | 1 | completed |" in text and "| ae z=4 | ae | – | 4 |" in text
+    assert {p.name for p in tmp_path.glob("*.png")} == {"recon_vs_epoch.png", "kl_vs_epoch.png", "nelbo_vs_epoch.png",
+                                                         "rate_distortion.png"}

@@ -1,0 +1,153 @@
+"""Latent diagnostics and image panels: active units on a constructed encoder, panel files of a real run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_dirs, run_entry_point, small_run_overrides
+from vaelab.evaluation.latent import Codes, active_units, activity, encode, kl_per_dim, most_active_first, project_2d
+from vaelab.models import gaussian_kl
+
+
+class ConstructedEncoder(torch.nn.Module):
+    """E_q[z|x] with known spread over images x whose mean pixel t is ±1:
+    z1 = 2t (Var 4), z2 = 0.2t (Var 0.04), z3 = 0.05t (Var 0.0025), z4 = 3 (Var 0)."""
+
+    def encode(self, x):
+        t = x.flatten(1).mean(dim=1, keepdim=True)
+        mu = torch.cat([2 * t, 0.2 * t, 0.05 * t, torch.full_like(t, 3.0)], dim=1)
+        return mu, torch.zeros_like(mu)
+
+
+def test_active_units_on_a_constructed_encoder():
+    signs = torch.tensor([1.0, -1.0] * 50)
+    x = signs[:, None, None, None].expand(100, 1, 4, 4)
+    codes = encode(ConstructedEncoder(), x, batch_size=7)  # uneven batches must not matter
+    assert torch.allclose(activity(codes), torch.tensor([4.0, 0.04, 0.0025, 0.0]), atol=1e-6)
+    assert active_units(codes) == 2  # Burda et al.'s threshold 0.01 separates z2 from z3
+    assert most_active_first(codes).tolist() == [0, 1, 2, 3]
+
+
+def test_kl_per_dim_sums_to_the_logged_kl():
+    mu, logvar = torch.randn(50, 6), torch.randn(50, 6)
+    per_dim = kl_per_dim(Codes(mu, logvar))
+    assert per_dim.shape == (6,)
+    assert float(per_dim.sum()) == pytest.approx(float(gaussian_kl(mu, logvar)), rel=1e-6)
+
+
+def test_scatter_uses_the_latent_itself_in_two_dims_and_pca_otherwise():
+    z2 = torch.randn(30, 2)
+    assert torch.equal(project_2d(z2)[0], z2)
+    z = torch.randn(200, 5) * torch.tensor([5.0, 0.1, 0.1, 0.1, 0.1])
+    coords, axes = project_2d(z)
+    assert coords.shape == (200, 2) and axes[0].startswith("PC1")
+    assert coords[:, 0].var() > 100 * coords[:, 1].var()  # the first axis follows the widest direction
+
+
+# -- one real training run through train.py, shared by the tests below ---------------------------
+
+TILE = 28 + 2  # a 28×28 image and its 2-pixel border
+GRID_PANELS = {  # name: (rows, columns) with the callback's defaults, latent_dim=4
+    "reconstructions": (2, 8),
+    "prior_samples": (8, 8),
+    "interpolations": (4, 10),
+    "traversals": (4, 9),
+}
+CHART_PANELS = {"latent_scatter": (500, 500), "kl_per_dim": (300, 600)}
+
+
+@pytest.fixture(scope="module")
+def vae_run(shared_data_dir, tmp_path_factory) -> Path:
+    log_dir = tmp_path_factory.mktemp("panels") / "outputs"
+    result = run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "trainer.max_epochs=3",
+                             "callbacks.latent_panels.every_n_epochs=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = run_dirs(log_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_panels_are_written_at_the_configured_epochs(vae_run):
+    # every_n_epochs=2 over 3 epochs (0, 1, 2): epoch 1, and the last epoch 2.
+    names = {p.name for p in (vae_run / "images").iterdir()}
+    expected = {f"{panel}_epoch{e:03d}.png" for panel in [*GRID_PANELS, *CHART_PANELS] for e in (1, 2)}
+    assert names == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("panel", [*GRID_PANELS, *CHART_PANELS])
+def test_each_panel_has_its_size_and_is_not_blank(vae_run, panel):
+    image = np.asarray(Image.open(vae_run / "images" / f"{panel}_epoch002.png"))
+    if panel in GRID_PANELS:
+        rows, cols = GRID_PANELS[panel]
+        assert image.shape == (rows * TILE + 2, cols * TILE + 2, 3)
+        # Not blank: the decoded tiles themselves vary (borders alone would not).
+        tile = image[2:30, 2:30]
+        assert tile.std() > 1 and image.dtype == np.uint8
+    else:
+        assert image.shape == (*CHART_PANELS[panel], 3)
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # points, bars and text, not a white page
+
+
+@pytest.mark.slow
+def test_diagnostics_and_panels_reach_wandb(vae_run):
+    from vaelab.wandb_offline import summarize
+
+    (run_file,) = vae_run.glob("wandb/offline-run-*/run-*.wandb")
+    history = summarize(run_file)["history"]
+    logged = {key for row in history for key in row}
+    for panel in [*GRID_PANELS, *CHART_PANELS]:
+        assert f"panels/{panel}/_type" in logged  # a wandb.Image (uint8 PNG)
+    histograms = [row for row in history if row.get("val/kl_per_dim/_type") == "histogram"]
+    assert len(histograms) == 3  # every validation epoch, one bin per latent dimension
+    assert len(histograms[0]["val/kl_per_dim/values"]) == 4
+    assert sum(1 for row in history if "val/active_units" in row) == 3
+
+
+@pytest.mark.slow
+def test_active_units_of_the_best_epoch_match_its_checkpoint(vae_run, shared_data_dir):
+    from vaelab.data import MNISTDataModule
+    from vaelab.module import LitAutoencoder
+
+    metrics = json.loads((vae_run / "metrics.json").read_text())
+    module = LitAutoencoder.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
+    dm = MNISTDataModule(data_dir=str(shared_data_dir), source="local", val_size=128)
+    dm.load()
+    images, labels = dm.splits["val"]
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert metrics["val/active_units"] == active_units(encode(module.model, x))
+
+
+def test_panels_of_an_ae_with_a_two_dimensional_latent():
+    from vaelab.evaluation.panels import make_panels
+    from vaelab.module import LitAutoencoder
+
+    torch.manual_seed(0)
+    module = LitAutoencoder(model="ae", latent_dim=2, hidden_dims=[16])
+    x, labels = torch.rand(40, 1, 28, 28), torch.arange(40) % 10
+    panels = {p.name: p for p in make_panels(module, x, labels, n_samples=9)}
+    # An AE has no prior and no KL: its samples come from a fitted Gaussian, and there are no KL bars.
+    assert set(panels) == {"reconstructions", "fitted_gaussian_samples", "interpolations", "traversals", "latent_scatter"}
+    assert "fitted to the mean and covariance" in panels["fitted_gaussian_samples"].caption
+    assert panels["fitted_gaussian_samples"].image.shape == (3 * TILE + 2, 3 * TILE + 2, 3)
+    assert panels["traversals"].image.shape[0] == 2 * TILE + 2  # one row per latent dimension
+    assert "the latent itself" in panels["latent_scatter"].caption
+    assert module.training  # make_panels restores the mode it found
+
+
+def test_an_ae_samples_a_gaussian_with_the_mean_and_covariance_of_its_codes():
+    from vaelab.evaluation.panels import sample_codes
+
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 0.3]])
+    codes = torch.randn(4000, 3, generator=g) @ mixing.T + torch.tensor([5.0, -1.0, 0.0])
+    z, name, _ = sample_codes(Codes(codes, None), 20000, g)
+    assert name == "fitted_gaussian_samples"
+    assert torch.allclose(z.mean(dim=0), codes.mean(dim=0), atol=0.05)
+    assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.1)
+    z, name, _ = sample_codes(Codes(codes, torch.zeros_like(codes)), 20000, g)  # a VAE: the prior N(0, I)
+    assert name == "prior_samples" and torch.allclose(torch.cov(z.T), torch.eye(3), atol=0.05)
