@@ -93,7 +93,9 @@ def _launched_externally() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def _one_process(trainer_cfg: DictConfig) -> bool:
+def _one_process(trainer_cfg: Optional[DictConfig]) -> bool:
+    if trainer_cfg is None:  # a task without a Trainer (eval.py)
+        return True
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
     if isinstance(devices, (list, tuple, ListConfig)):
         count = len(devices)
@@ -106,7 +108,7 @@ def _one_process(trainer_cfg: DictConfig) -> bool:
 
 def needs_own_process(cfg: DictConfig) -> bool:
     """True for a multirun job on several devices that Lightning would start itself (see above)."""
-    return in_multirun() and not _launched_externally() and not _one_process(cfg.trainer)
+    return in_multirun() and not _launched_externally() and not _one_process(cfg.get("trainer"))
 
 
 def _read_record(run_dir: Path) -> Optional[dict[str, Any]]:

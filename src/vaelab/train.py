@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+from hydra.errors import InstantiationException
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -18,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from vaelab.callbacks import BestEpochMetrics
 from vaelab.config import check_config
 from vaelab.data import MNISTDataModule
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.loggers import build_loggers, finish_wandb, log_hyperparameters
 from vaelab.module import LitAutoencoder
 from vaelab.rundir import METRICS_FILE, refuse_earlier_run
@@ -58,8 +59,18 @@ def build_module(cfg: DictConfig, image_shape) -> LitAutoencoder:
     )
 
 
+def _instantiate_callback(name: str, node: DictConfig) -> pl.Callback:
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as err:  # Hydra wraps the callback's own error in two lines
+        cause = err.__cause__ or err
+        if isinstance(cause, VaelabError):
+            raise cause from None
+        raise ConfigError(f"callbacks.{name} could not be built: {cause}") from None
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [_instantiate_callback(name, c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     monitor, mode = (checkpoint.monitor, checkpoint.mode) if checkpoint else ("val/loss", "min")
     return [*callbacks, BestEpochMetrics(monitor=monitor, mode=mode)]
