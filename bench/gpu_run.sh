@@ -12,5 +12,6 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py 2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
-python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 3 --loops examples plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops examples plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
