@@ -187,3 +187,8 @@ def test_bad_callback_value_ends_with_one_clear_message(shared_data_dir, tmp_pat
     _fails_cleanly(run_entry_point(*small_run_overrides(shared_data_dir, tmp_path / "outputs"),
                                    "callbacks.latent_panels.every_n_epochs=-1"),
                    "callbacks.latent_panels.every_n_epochs=-1 must be >= 0")
+
+
+def test_trainer_setting_lightning_rejects_ends_with_one_clear_message(shared_data_dir, tmp_path):
+    _fails_cleanly(run_entry_point(*small_run_overrides(shared_data_dir, tmp_path / "outputs"), "+trainer.strategy=nonsense"),
+                   "trainer could not be built:", "nonsense", "check the trainer.* settings")

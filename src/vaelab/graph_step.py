@@ -59,8 +59,12 @@ class CudaGraphStep:
                 a.copy_(saved)
             for p, state in optimizer.state.items():
                 for key, value in state.items():
-                    if torch.is_tensor(value):
-                        value.copy_(saved_state[p][key]) if p in saved_state else value.zero_()
+                    if not torch.is_tensor(value):
+                        continue
+                    if p in saved_state:  # resumed: the state loaded from the checkpoint
+                        value.copy_(saved_state[p][key])
+                    else:  # fresh: Adam's initial state is all zeros (step 0)
+                        value.zero_()
 
     def applies_to(self, x: torch.Tensor) -> bool:
         return tuple(x.shape) == self.shape

@@ -59,18 +59,19 @@ def build_module(cfg: DictConfig, image_shape) -> LitAutoencoder:
     )
 
 
-def _instantiate_callback(name: str, node: DictConfig) -> pl.Callback:
+def _instantiate(key: str, node: DictConfig, **kwargs) -> Any:
+    """hydra.utils.instantiate, with the object's own complaint as one ConfigError naming `key`."""
     try:
-        return hydra.utils.instantiate(node)
-    except InstantiationException as err:  # Hydra wraps the callback's own error in two lines
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:  # Hydra wraps the object's own error in two lines
         cause = err.__cause__ or err
         if isinstance(cause, VaelabError):
             raise cause from None
-        raise ConfigError(f"callbacks.{name} could not be built: {cause}") from None
+        raise ConfigError(f"{key} could not be built: {cause} (check the {key}.* settings)") from None
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    callbacks = [_instantiate_callback(name, c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    callbacks = [_instantiate(f"callbacks.{name}", c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     monitor, mode = (checkpoint.monitor, checkpoint.mode) if checkpoint else ("val/loss", "min")
     return [*callbacks, BestEpochMetrics(monitor=monitor, mode=mode)]
@@ -107,7 +108,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     module = build_module(cfg, datamodule.image_shape)
     loggers = build_loggers(cfg.get("logger"), run_dir, cfg.run_name, group=sweep_group(), tags=override_tags())
     callbacks = build_callbacks(cfg)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+    trainer: pl.Trainer = _instantiate("trainer", cfg.trainer, logger=loggers, callbacks=callbacks)
     log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
     record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
