@@ -1,7 +1,5 @@
 """Every config in conf/ composes, and impossible values are refused before training."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra

@@ -22,7 +22,8 @@ from typing import Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.json"  # vaelab.rundir.METRICS_FILE; not imported, so no torch is loaded
+from vaelab.rundir import METRICS_FILE  # a light module: compare loads no torch
+
 CURVES = ("recon", "kl", "nelbo")
 TABLE = ("test/recon", "test/kl", "test/nelbo", "test/loss", "val/loss", "val/active_units")
 

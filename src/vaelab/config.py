@@ -55,6 +55,10 @@ def check_config(cfg: DictConfig) -> None:
         if metric not in known:
             raise ConfigError(f"optimized_metric={metric!r} is not logged for model={model.name}; choose one of {', '.join(known)}")
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
+    if cfg.get("ckpt_path") is not None:
+        check_ckpt_path(cfg.ckpt_path)
+
+
+def check_ckpt_path(ckpt_path) -> None:
+    if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt)")

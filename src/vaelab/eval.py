@@ -15,6 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vaelab.config import check_ckpt_path
 from vaelab.errors import ConfigError
 from vaelab.evaluation.classifier import cached_classifier
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, Codes, activity, batches, encode, kl_per_dim
@@ -101,9 +102,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path` on the test set; returns what eval.json holds."""
     if not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
+    check_ckpt_path(cfg.ckpt_path)
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt)")
     if int(cfg.eval.k) < 1:
         raise ConfigError(f"eval.k={cfg.eval.k} must be at least 1")
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)

