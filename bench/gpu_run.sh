@@ -14,4 +14,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py 2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
-python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops examples plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+# A full default run (validation, checkpoints, panels, test) with and without the graph.
+for graph in true false; do
+  python3 train.py data=fashion_mnist data.system_dir="$PWD/.bench-data" data.data_dir=/tmp/gpu-data logger=csv \
+    trainer.max_epochs=3 trainer.enable_progress_bar=false model.cuda_graph=$graph \
+    hydra.run.dir="$OUT/train_graph_$graph" >"$OUT/train_graph_$graph.log" 2>&1
+  echo "cuda_graph=$graph: exit $? $(grep -o '"test/loss": [0-9.]*' "$OUT/train_graph_$graph/metrics.json" 2>/dev/null) $(grep -o 'training step: .*' "$OUT/train_graph_$graph.log" | head -1)" | tee -a "$OUT/train_default.log"
+done
+python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops examples plain graph vaelab vaelab-grouped vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"

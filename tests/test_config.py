@@ -71,6 +71,7 @@ def _checked(*overrides):
         ("model.recon_loss=l1", "model.recon_loss='l1' is unknown; choose one of mse, bce"),
         ("model.hidden_dims=[]", "model.hidden_dims=.* must be a non-empty list"),
         ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("data.batches_per_step=0", "data.batches_per_step=0 must be at least 1"),
         ("data.source=ftp", "data.source='ftp' is unknown"),
         ("data.binarize=yes", "data.binarize='yes' is unknown"),
         ("trainer.devices=0", "trainer.devices=0 must be at least 1"),

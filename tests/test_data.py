@@ -2,6 +2,7 @@
 
 import gzip
 import logging
+import math
 import shutil
 
 import pytest
@@ -93,6 +94,22 @@ def test_training_shards_match_distributed_sampler(world_size):
         batches = [b for b, _ in loader]
         assert len(batches) == len(loader)
         assert torch.cat(batches).tolist() == list(reference)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_grouped_batches_are_the_same_batches_in_the_same_order(world_size):
+    images = torch.arange(103)  # per rank: 52 or 103 indices, in batches of 8 with a ragged last one
+    for rank in range(world_size):
+        single = TensorBatchLoader(images, images, batch_size=8, shuffle=True, rank=rank, world_size=world_size, seed=5)
+        grouped = TensorBatchLoader(images, images, batch_size=8, shuffle=True, rank=rank, world_size=world_size,
+                                    seed=5, batches_per_item=3)
+        for loader in (single, grouped):
+            loader.sampler.set_epoch(2)
+        groups = list(grouped)
+        assert len(groups) == len(grouped) == math.ceil(len(single) / 3)
+        assert [len(g) for g in groups[:-1]] == [3] * (len(groups) - 1) and 1 <= len(groups[-1]) <= 3
+        flat = [images.tolist() for group in groups for images, _ in group]
+        assert flat == [images.tolist() for images, _ in single]
 
 
 def test_training_order_changes_with_epoch():
@@ -217,6 +234,7 @@ def test_corrupt_gzip_in_system_dir(tmp_path):
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "data.batch_size=0 must be at least 1"),
+        ({"batches_per_step": 0}, "data.batches_per_step=0 must be at least 1"),
         ({"binarize": "otsu"}, "data.binarize='otsu' is not an option"),
         ({"pixel_range": [1, 0]}, "data.pixel_range"),
         ({"val_size": N_TRAIN}, f"data.val_size={N_TRAIN} leaves no training images"),

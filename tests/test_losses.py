@@ -8,7 +8,10 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.errors import ConfigError
+import torch.nn.functional as F
+
 from vaelab.models import gaussian_kl, reconstruction_loss
+from vaelab.models.losses import BernoulliNLL
 from vaelab.module import LitAutoencoder
 
 
@@ -96,6 +99,35 @@ def test_bce_is_bernoulli_nll_in_nats_with_soft_targets():
 
     expected = _hand_loss(nll)
     assert reconstruction_loss(LOGITS, TARGETS, "bce").item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_cpu_bernoulli_nll_equals_torchs_bce_with_logits_in_value_and_gradient():
+    # Logits from saturated to tiny, where softplus' two branches and the rounding of 1 + e differ.
+    logits = torch.tensor([-100.0, -30.0, -17.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 17.0, 30.0, 100.0]).repeat(3, 1)
+    targets = torch.tensor([0.0, 0.5, 1.0]).unsqueeze(1).expand_as(logits)
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    value = BernoulliNLL.apply(ours, targets)
+    reference = F.binary_cross_entropy_with_logits(theirs, targets, reduction="none")
+    torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-6)
+    value.sum().backward()
+    reference.sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_bernoulli_nll_gradient_is_the_analytic_one_for_logits_and_targets():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 9, generator=g, dtype=torch.float64) * 10).requires_grad_()
+    targets = torch.rand(6, 9, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(BernoulliNLL.apply, (logits, targets))
+
+
+def test_cpu_bernoulli_nll_is_computed_in_float32_under_bf16_autocast():
+    logits = torch.linspace(-8, 8, 40)
+    targets = torch.rand(40, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = BernoulliNLL.apply(logits.bfloat16(), targets)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, F.binary_cross_entropy_with_logits(logits.bfloat16().float(), targets, reduction="none"))
 
 
 @pytest.mark.parametrize("kind", ["mse", "bce"])

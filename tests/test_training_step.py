@@ -52,6 +52,24 @@ def test_epoch_means_weigh_every_image_once(data_dir):
     assert result["test/kl"] == pytest.approx(gaussian_kl(mu, logvar).item(), rel=1e-5)
 
 
+def test_several_batches_per_step_train_exactly_like_one(data_dir):
+    """data.batches_per_step=3: the same optimiser steps on the same batches, fewer Lightning steps."""
+    results = {}
+    for k in (1, 3):
+        torch.manual_seed(0)
+        module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32], recon_loss="bce")
+        dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128, batches_per_step=k)
+        trainer = _trainer(max_epochs=2)  # 512 images: 10 batches of 50 and one of 12; with k=3: 4 steps
+        trainer.fit(module, datamodule=dm)
+        results[k] = (module, trainer)
+    (one, one_trainer), (three, three_trainer) = results[1], results[3]
+    assert one_trainer.num_training_batches == 11 and three_trainer.num_training_batches == 4
+    assert one_trainer.global_step == three_trainer.global_step == 22  # optimiser steps
+    for a, b in zip(one.model.parameters(), three.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert one_trainer.callback_metrics["train/loss"] == three_trainer.callback_metrics["train/loss"]
+
+
 def test_cuda_graph_is_not_used_on_the_cpu(data_dir):
     module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32])
     dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=64, val_size=128)

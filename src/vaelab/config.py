@@ -38,6 +38,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.source={data.source!r} is unknown; choose one of {', '.join(SOURCES)}")
     if _number(cfg, "data.batch_size", int) < 1:
         raise ConfigError(f"data.batch_size={data.batch_size} must be at least 1")
+    if "batches_per_step" in data and _number(cfg, "data.batches_per_step", int) < 1:
+        raise ConfigError(f"data.batches_per_step={data.batches_per_step} must be at least 1 (1: one batch per step)")
     if _number(cfg, "data.val_size", int) < 1:
         raise ConfigError(f"data.val_size={data.val_size} must be at least 1")
     if data.binarize not in BINARIZE:

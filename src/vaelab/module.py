@@ -167,7 +167,14 @@ class LitAutoencoder(pl.LightningModule):
         log.info("training step: %s", "one CUDA graph per step" if reason is None else f"eager ({reason})")
 
     def training_step(self, batch, batch_idx):
-        x, _ = batch
+        # One loader item is one batch, or a list of batches with data.batches_per_step > 1:
+        # each is its own optimiser step, so Lightning's per-step host work is paid once per list.
+        for x, _ in batch if isinstance(batch, list) else [batch]:
+            losses = self._optimizer_step(x)
+        if self.trainer._logger_connector.should_update_logs:
+            self._log_step_values(losses)
+
+    def _optimizer_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         optimizer = self.optimizers()
         if self._graph is None and self._graph_wanted:
             self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
@@ -184,8 +191,7 @@ class LitAutoencoder(pl.LightningModule):
             optimizer.step()
         # Counted on the host: a replayed graph does not run Python.
         self._counts["train"] = self._counts.get("train", 0) + x.shape[0]
-        if self.trainer._logger_connector.should_update_logs:
-            self._log_step_values(losses)
+        return losses
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, _ = batch

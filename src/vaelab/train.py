@@ -40,6 +40,7 @@ def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
         split_seed=data.split_seed,
         mirrors=list(data.mirrors) if data.get("mirrors") else None,
         system_dir=data.get("system_dir"),
+        batches_per_step=data.get("batches_per_step", 1),
     )
 
 

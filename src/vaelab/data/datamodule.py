@@ -1,7 +1,8 @@
 """The DataModule: a seeded train/val split of the training file, the test file, and batching.
 
 Images stay uint8 (N, H, W) until they are on the training device; `on_after_batch_transfer`
-turns a batch into floats in `pixel_range`, binarised if asked.
+turns a batch into floats in `pixel_range`, binarised if asked. With `batches_per_step` K > 1 a
+training item is a list of K such batches (see LitAutoencoder.training_step).
 """
 
 import logging
@@ -44,10 +45,13 @@ class MNISTDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         mirrors: Optional[list[str]] = None,
         system_dir: Optional[str] = None,
+        batches_per_step: int = 1,
     ):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        if batches_per_step < 1:
+            raise ConfigError(f"data.batches_per_step={batches_per_step} must be at least 1 (1: one batch per step)")
         if val_size < 1:
             raise ConfigError(f"data.val_size={val_size} must be at least 1")
         if binarize not in BINARIZE:
@@ -58,6 +62,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.val_size, self.binarize = batch_size, val_size, binarize
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.split_seed, self.mirrors, self.system_dir = split_seed, mirrors, system_dir
+        self.batches_per_step = batches_per_step
         self.images: Optional[ImageSet] = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -133,7 +138,8 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = self._on_device[key]
         # Every rank must draw the same permutation; seed_everything gives them the same seed.
         return TensorBatchLoader(images, labels, self.batch_size // world_size, shuffle=train,
-                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train)
+                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train,
+                                 batches_per_item=self.batches_per_step if train else 1)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", train=True)
@@ -145,12 +151,16 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        if isinstance(batch, list):  # a group of training batches
+            return [self.transfer_batch_to_device(b, device, dataloader_idx) for b in batch]
         images, labels = batch
         if images.device == device:  # the loaders index tensors that already live there
             return batch
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, list):  # a group of training batches
+            return [self.on_after_batch_transfer(b, dataloader_idx) for b in batch]
         images, labels = batch
         x = images.unsqueeze(1) / 255  # (B, 1, H, W) float32 in [0, 1], one kernel
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
