@@ -18,7 +18,8 @@ training images:
   vaelab-ddp2   (c) with trainer.devices=2
 (b), (g) and (c) use the same Adam (vaelab.module.make_optimizer: fused). Each round runs
 every loop for 1 warm-up epoch + --epochs timed epochs, loops interleaved; the table gives the
-median seconds per timed epoch and the ratios.
+median seconds per timed epoch and the ratios of the medians; with --rounds >= 2 also the
+ratio within each round (loops of one round run minutes apart at most) and its median.
 """
 
 import argparse
@@ -306,24 +307,32 @@ def main() -> None:
                 loops[name] = factories[name]()
             except Exception as err:  # one broken loop must not hide the others' numbers
                 print(f"  {name}: could not set up: {type(err).__name__}: {err}")
-        times = {name: [] for name in loops}
+        per_round = {name: [] for name in loops}  # one list of epoch times per round
         for _ in range(args.rounds):
             for name, run in loops.items():
                 try:
-                    times[name] += timed_epochs(run, args.epochs, device)
+                    per_round[name].append(timed_epochs(run, args.epochs, device))
                 except Exception as err:
                     print(f"  {name}: failed: {type(err).__name__}: {str(err)[-1500:]}")
-        times = {name: t for name, t in times.items() if t}
-        names = list(times)
+        per_round = {name: rounds for name, rounds in per_round.items() if len(rounds) == args.rounds}
+        times = {name: [t for epochs in rounds for t in epochs] for name, rounds in per_round.items()}
         medians = {name: statistics.median(t) for name, t in times.items()}
         print(f"\nbatch {batch_size}: seconds per epoch (median of {args.rounds * args.epochs})")
-        for name in names:
+        for name in times:
             print(f"  {name:14s} {medians[name]:8.3f}   {' '.join(f'{t:.3f}' for t in times[name])}")
+
+        def paired(ours: str, ref: str) -> str:
+            # A shared machine's speed drifts over minutes: the ratio within each round is steadier.
+            if args.rounds < 2:
+                return ""
+            ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(per_round[ours], per_round[ref])]
+            return f"   (per round: {' '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f})"
+
         for ours in ("vaelab", "vaelab-grouped"):
             for ref in ("examples", "plain", "graph"):
                 if ours in medians and ref in medians:
-                    print(f"  {ours} / {ref:8s} = {medians[ours] / medians[ref]:.2f}"
-                          + (f"   ({medians[ref] / medians[ours]:.1f}x faster)" if ref == "examples" else ""))
+                    faster = f" = {medians[ref] / medians[ours]:.1f}x faster" if ref == "examples" else ""
+                    print(f"  {ours} / {ref:8s} = {medians[ours] / medians[ref]:.2f}{faster}{paired(ours, ref)}")
         if "vaelab" in medians and "vaelab-ddp2" in medians:
             print(f"  vaelab on 2 devices / on 1 = {medians['vaelab-ddp2'] / medians['vaelab']:.2f}")
     shutil.rmtree(root, ignore_errors=True)

@@ -119,6 +119,22 @@ def test_two_process_ddp_run_is_one_run_with_exact_test_metrics(shared_data_dir,
     assert result["test/recon"] == pytest.approx(metrics["test/recon"], rel=2e-2)
 
 
+def test_two_process_ddp_with_grouped_batches_trains_like_one_batch_per_step(shared_data_dir, tmp_path):
+    """Several optimiser steps per Lightning step under DDP: every step's gradients are all-reduced."""
+    weights = {}
+    for k in (1, 3):
+        log_dir = tmp_path / f"k{k}"
+        _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "model=ae", "trainer.devices=2",
+                            "trainer.max_epochs=1", "logger=csv", "callbacks.latent_panels=null",
+                            f"data.batches_per_step={k}"))
+        checkpoint = torch.load(_only_run_dir(log_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+        weights[k] = (checkpoint["global_step"], checkpoint["state_dict"])
+    (steps_1, state_1), (steps_3, state_3) = weights[1], weights[3]
+    assert steps_1 == steps_3 == math.ceil((N_TRAIN - 128) / 64)  # 64 is the global batch
+    for name, value in state_1.items():
+        torch.testing.assert_close(state_3[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_resume_from_checkpoint_continues_in_a_new_run_dir(shared_data_dir, tmp_path):
     log_dir = tmp_path / "outputs"
     overrides = small_run_overrides(shared_data_dir, log_dir) + ["logger=csv"]
