@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loop per round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--loops", nargs="+", default=["examples", "plain", "graph", "vaelab"],
+    parser.add_argument("--loops", nargs="+", default=["examples", "plain", "graph", "vaelab", "vaelab-grouped"],
                         help="any of examples plain graph vaelab vaelab-eager vaelab-grouped vaelab-ddp2")
     parser.add_argument("--group", type=int, default=8, help="data.batches_per_step of vaelab-grouped")
     parser.add_argument("--vaelab-args", nargs="*", default=[], help="extra overrides for train.py, e.g. trainer.precision=bf16-mixed")

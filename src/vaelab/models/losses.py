@@ -19,10 +19,11 @@ class BernoulliNLL(torch.autograd.Function):
     """Per-pixel −log p(x | logits) = softplus(l) − x·l, with its gradient σ(l) − x (and −l for x).
 
     The same values as `F.binary_cross_entropy_with_logits(reduction="none")`, written out for
-    the CPU: torch's CPU `log1p` (inside the built-in) is not vectorised and made this term a
-    tenth of an MLP VAE's training step (bench/README.md). softplus(l) = max(l, 0) + log(1 + e),
-    e = exp(−|l|) ∈ (0, 1], loses at most one rounding of 1 + e against log1p: < 1e-7 nats per
-    pixel in float32. Computed in float32 under autocast, as the built-in is.
+    the CPU: torch's CPU `log1p` (inside the built-in) is not vectorised; at batch 128 the built-in
+    took 0.6 ms of a 4.7 ms MLP VAE step on 2 cores, this function 0.3 ms. softplus(l) =
+    max(l, 0) + log(1 + e) with e = exp(−|l|) ∈ (0, 1] loses at most one rounding of 1 + e
+    against log1p: < 1e-7 nats per pixel in float32. Computed in float32 under autocast, as the
+    built-in is.
     """
 
     @staticmethod
