@@ -108,8 +108,8 @@ def test_grouped_batches_are_the_same_batches_in_the_same_order(world_size):
         groups = list(grouped)
         assert len(groups) == len(grouped) == math.ceil(len(single) / 3)
         assert [len(g) for g in groups[:-1]] == [3] * (len(groups) - 1) and 1 <= len(groups[-1]) <= 3
-        flat = [images.tolist() for group in groups for images, _ in group]
-        assert flat == [images.tolist() for images, _ in single]
+        flat = [batch.tolist() for group in groups for batch, _ in group]
+        assert flat == [batch.tolist() for batch, _ in single]
 
 
 def test_training_order_changes_with_epoch():

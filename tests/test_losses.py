@@ -5,11 +5,10 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.errors import ConfigError
-import torch.nn.functional as F
-
 from vaelab.models import gaussian_kl, reconstruction_loss
 from vaelab.models.losses import BernoulliNLL
 from vaelab.module import LitAutoencoder
