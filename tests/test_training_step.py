@@ -2,11 +2,14 @@
 equals the eager one where a GPU exists (bench/check_graph.py checks whole runs there)."""
 
 import copy
+import csv
 import math
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger
 
 from vaelab.data import MNISTDataModule
 from vaelab.models import gaussian_kl, reconstruction_loss
@@ -52,22 +55,38 @@ def test_epoch_means_weigh_every_image_once(data_dir):
     assert result["test/kl"] == pytest.approx(gaussian_kl(mu, logvar).item(), rel=1e-5)
 
 
-def test_several_batches_per_step_train_exactly_like_one(data_dir):
-    """data.batches_per_step=3: the same optimiser steps on the same batches, fewer Lightning steps."""
+def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_path):
+    """data.batches_per_step=3: the same optimiser steps on the same batches, fewer Lightning
+    steps, and the same logged rows: train/*_step every log_every_n_steps optimiser steps."""
     results = {}
     for k in (1, 3):
         torch.manual_seed(0)
-        module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32], recon_loss="bce")
+        module = LitAutoencoder(model="vae", latent_dim=4, hidden_dims=[32], recon_loss="bce")
         dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128, batches_per_step=k)
-        trainer = _trainer(max_epochs=2)  # 512 images: 10 batches of 50 and one of 12; with k=3: 4 steps
+        logger = CSVLogger(tmp_path, name=f"k{k}", version=0)
+        # 512 images: 10 batches of 50 and one of 12; with k=3: 4 Lightning steps per epoch.
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, log_every_n_steps=3, max_epochs=2,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, limit_val_batches=0)
         trainer.fit(module, datamodule=dm)
-        results[k] = (module, trainer)
-    (one, one_trainer), (three, three_trainer) = results[1], results[3]
+        with open(Path(logger.log_dir) / "metrics.csv") as f:
+            results[k] = (module, trainer, list(csv.DictReader(f)))
+    (one, one_trainer, one_rows), (three, three_trainer, three_rows) = results[1], results[3]
     assert one_trainer.num_training_batches == 11 and three_trainer.num_training_batches == 4
     assert one_trainer.global_step == three_trainer.global_step == 22  # optimiser steps
     for a, b in zip(one.model.parameters(), three.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert one_trainer.callback_metrics["train/loss"] == three_trainer.callback_metrics["train/loss"]
+    step_rows = [r["step"] for r in one_rows if r["train/loss_step"]]
+    assert step_rows == [str(s - 1) for s in range(3, 23, 3)]  # after optimiser steps 3, 6, ..., 21
+    assert three_rows == one_rows  # the same steps, epochs and values, step and epoch metrics alike
+
+
+def test_max_steps_stops_inside_a_group_of_batches(data_dir):
+    module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32])
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128, batches_per_step=3)
+    trainer = _trainer(max_steps=4)  # groups of 3 batches: without the check, 6 steps
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 4
 
 
 def test_cuda_graph_is_not_used_on_the_cpu(data_dir):

@@ -146,8 +146,9 @@ class LitAutoencoder(pl.LightningModule):
                 f"{self.global_step} (epoch {self.current_epoch}); lower model.lr (now {self.hparams.lr:g}) "
                 f"or model.beta, or check the data"
             )
-        for term, value in zip(losses, values):
-            self.log(f"train/{term}_step", value, on_step=True, on_epoch=False)
+        # Straight to the loggers, at the current step: self.log keeps one value per training_step,
+        # the last of a group of batches.
+        self.trainer._logger_connector.log_metrics({f"train/{term}_step": v for term, v in zip(losses, values)})
 
     def graph_unavailable_reason(self) -> Optional[str]:
         """Why the CUDA-graph step cannot be used in this fit, or None when it can."""
@@ -169,10 +170,16 @@ class LitAutoencoder(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         # One loader item is one batch, or a list of batches with data.batches_per_step > 1:
         # each is its own optimiser step, so Lightning's per-step host work is paid once per list.
-        for x, _ in batch if isinstance(batch, list) else [batch]:
+        for i, (x, _) in enumerate(batch if isinstance(batch, list) else [batch]):
+            if i > 0:
+                if 0 <= self.trainer.max_steps <= self.global_step:
+                    break  # Lightning checks max_steps only between training_steps
+                # Lightning counts one batch per training_step, and logs and checks the logging
+                # interval at that count; counting every optimiser step keeps both as with K = 1.
+                self.trainer.fit_loop.epoch_loop._batches_that_stepped += 1
             losses = self._optimizer_step(x)
-        if self.trainer._logger_connector.should_update_logs:
-            self._log_step_values(losses)
+            if self.trainer._logger_connector.should_update_logs:
+                self._log_step_values(losses)
 
     def _optimizer_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         optimizer = self.optimizers()

@@ -117,6 +117,8 @@ def run(cfg: DictConfig) -> Optional[float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
+        # The last train/*_step values; the module hands them to the loggers, not to callback_metrics.
+        record.update(_floats({k: v for k, v in trainer.logged_metrics.items() if k.endswith("_step")}))
         best = next(c for c in callbacks if isinstance(c, BestEpochMetrics))
         record.update(best.metrics or _floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
         checkpoint = trainer.checkpoint_callback
