@@ -24,11 +24,11 @@ from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
 from vaelab.module import LitAutoencoder
+from vaelab.rundir import EVAL_FILE
 from vaelab.train import build_datamodule
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "eval.json"
 NOT_APPLICABLE_AE = {
     "test/nll": "an AE defines no density p(x): it has no prior and a deterministic code, so there is no likelihood to estimate",
     "test/kl": "an AE has no posterior q(z|x) and no prior, so there is no KL term (and no nelbo)",

@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 from vaelab.errors import ConfigError
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # what train.py leaves in a run directory
+EVAL_FILE = "eval.json"  # what eval.py leaves in an evaluation directory
 
 
 def is_relaunched_rank() -> bool:

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from vaelab.rundir import METRICS_FILE, read_record
+from vaelab.rundir import EVAL_FILE, METRICS_FILE, read_record
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,24 @@ class SweepSummary(Callback):
                 log.error("job %s (%s) %s: %s", row["job"], row["run_name"], row["status"], row["error"])
             log.error("%d of %d jobs failed; see %s", len(failed), len(rows), sweep_dir / MD_FILE)
             # Hydra has no other way to set the exit code; SystemExit passes its error handler.
+            sys.exit(FAILED_SWEEP_EXIT_CODE)
+
+
+class EvalSweepExit(Callback):
+    """`eval.py -m`: exit non-zero when a job left no eval.json (it failed, or was killed).
+
+    A failed job's error is in the metrics.json that `vaelab.sweep.record_failure` leaves in its
+    directory; the other jobs' results stay.
+    """
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        jobs = job_dirs(Path(config.hydra.sweep.dir))
+        failed = [d for d in jobs if not (d / EVAL_FILE).is_file()]
+        for job_dir in failed:
+            error = (read_record(job_dir) or {}).get("error") or f"no {EVAL_FILE}: the job did not finish"
+            log.error("evaluation %s failed: %s", job_dir.name, error)
+        if failed:
+            log.error("%d of %d evaluations failed", len(failed), len(jobs))
             sys.exit(FAILED_SWEEP_EXIT_CODE)
 
 
