@@ -55,9 +55,14 @@ def test_epoch_means_weigh_every_image_once(data_dir):
     assert result["test/kl"] == pytest.approx(gaussian_kl(mu, logvar).item(), rel=1e-5)
 
 
-def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_path):
+@pytest.mark.parametrize("accelerator", [
+    "cpu",
+    pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_path, accelerator):
     """data.batches_per_step=3: the same optimiser steps on the same batches, fewer Lightning
-    steps, and the same logged rows: train/*_step every log_every_n_steps optimiser steps."""
+    steps, and the same logged rows: train/*_step every log_every_n_steps optimiser steps.
+    On a GPU both replay the CUDA graph (the ragged last batch runs eagerly)."""
     results = {}
     for k in (1, 3):
         torch.manual_seed(0)
@@ -65,7 +70,7 @@ def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_p
         dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128, batches_per_step=k)
         logger = CSVLogger(tmp_path, name=f"k{k}", version=0)
         # 512 images: 10 batches of 50 and one of 12; with k=3: 4 Lightning steps per epoch.
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, log_every_n_steps=3, max_epochs=2,
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=logger, log_every_n_steps=3, max_epochs=2,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0)
         trainer.fit(module, datamodule=dm)
@@ -76,6 +81,7 @@ def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_p
     assert one_trainer.global_step == three_trainer.global_step == 22  # optimiser steps
     for a, b in zip(one.model.parameters(), three.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (one._graph is not None) == (three._graph is not None) == (accelerator == "gpu")
     step_rows = [r["step"] for r in one_rows if r["train/loss_step"]]
     assert step_rows == [str(s - 1) for s in range(3, 23, 3)]  # after optimiser steps 3, 6, ..., 21
     assert three_rows == one_rows  # the same steps, epochs and values, step and epoch metrics alike
