@@ -87,6 +87,15 @@ def test_several_batches_per_step_train_and_log_exactly_like_one(data_dir, tmp_p
     assert three_rows == one_rows  # the same steps, epochs and values, step and epoch metrics alike
 
 
+def test_fast_dev_run_logs_and_checks_its_step_values(data_dir):
+    module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32])
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=64, val_size=128, batches_per_step=3)
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 1  # fast_dev_run is max_steps=1, also inside a group
+    assert {"train/recon_step", "train/loss_step"} <= set(trainer.logged_metrics)
+
+
 def test_max_steps_stops_inside_a_group_of_batches(data_dir):
     module = LitAutoencoder(model="ae", latent_dim=4, hidden_dims=[32])
     dm = MNISTDataModule(data_dir=str(data_dir), source="local", batch_size=50, val_size=128, batches_per_step=3)

@@ -178,7 +178,8 @@ class LitAutoencoder(pl.LightningModule):
                 # interval at that count; counting every optimiser step keeps both as with K = 1.
                 self.trainer.fit_loop.epoch_loop._batches_that_stepped += 1
             losses = self._optimizer_step(x)
-            if self.trainer._logger_connector.should_update_logs:
+            # The condition under which Lightning itself writes on_step values to the loggers.
+            if self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
                 self._log_step_values(losses)
 
     def _optimizer_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
