@@ -6,6 +6,7 @@ devices; training values at the logging interval carry the suffix `_step`.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Optional
 
@@ -72,7 +73,7 @@ class LitAutoencoder(pl.LightningModule):
         # Per stage: the batch-size-weighted sums of the terms, on the device, and the image
         # count (on the host). One small add per step; no host sync until the epoch ends.
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()
         # Manual optimisation, so that one step can be a replayed CUDA graph (graph_step.py)
         # and the eager step is the same code path with or without it.
         self.automatic_optimization = False
@@ -170,6 +171,7 @@ class LitAutoencoder(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         # One loader item is one batch, or a list of batches with data.batches_per_step > 1:
         # each is its own optimiser step, so Lightning's per-step host work is paid once per list.
+        optimizer = self.optimizers()
         for i, (x, _) in enumerate(batch if isinstance(batch, list) else [batch]):
             if i > 0:
                 if 0 <= self.trainer.max_steps <= self.global_step:
@@ -177,13 +179,12 @@ class LitAutoencoder(pl.LightningModule):
                 # Lightning counts one batch per training_step, and logs and checks the logging
                 # interval at that count; counting every optimiser step keeps both as with K = 1.
                 self.trainer.fit_loop.epoch_loop._batches_that_stepped += 1
-            losses = self._optimizer_step(x)
+            losses = self._optimizer_step(optimizer, x)
             # The condition under which Lightning itself writes on_step values to the loggers.
             if self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
                 self._log_step_values(losses)
 
-    def _optimizer_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        optimizer = self.optimizers()
+    def _optimizer_step(self, optimizer, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._graph is None and self._graph_wanted:
             self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
                                         x, accumulators=[self._sum_buffer("train")])
@@ -198,13 +199,13 @@ class LitAutoencoder(pl.LightningModule):
             self.manual_backward(losses["loss"])
             optimizer.step()
         # Counted on the host: a replayed graph does not run Python.
-        self._counts["train"] = self._counts.get("train", 0) + x.shape[0]
+        self._counts["train"] += x.shape[0]
         return losses
 
     def _evaluation_step(self, batch, stage: str) -> None:
         x, _ = batch
         self._accumulate(stage, self.compute_losses(x), x.shape[0])
-        self._counts[stage] = self._counts.get(stage, 0) + x.shape[0]
+        self._counts[stage] += x.shape[0]
 
     def validation_step(self, batch, batch_idx):
         self._evaluation_step(batch, "val")
