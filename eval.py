@@ -8,22 +8,25 @@
 import os
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from vaelab.cli import report_errors, silence_known_noise  # noqa: E402
-from vaelab.evaluation.names import checkpoint_run_name  # noqa: E402
+from vaelab.tasks.cli import report_errors, silence_known_noise  # noqa: E402
 
 silence_known_noise()
-# Names the eval directory after the evaluated run and checkpoint (e.g. vae-z20-beta1_last).
-OmegaConf.register_new_resolver("eval_name", checkpoint_run_name, replace=True)
+
+
+def check(cfg: DictConfig) -> None:
+    from vaelab.config import check_eval_config  # imported here so that `--help` stays fast
+
+    check_eval_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-@report_errors
+@report_errors(check)
 def main(cfg: DictConfig):
-    from vaelab.eval import run  # imported here so that `--help` stays fast
+    from vaelab.tasks.eval import run
 
     return run(cfg)
 

@@ -7,23 +7,28 @@
 """
 
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-import sys  # noqa: E402
-
-from vaelab.cli import refuse_used_run_dir, report_errors, silence_known_noise  # noqa: E402
+from vaelab.tasks.cli import refuse_used_run_dir, report_errors, silence_known_noise  # noqa: E402
 
 silence_known_noise()
 
 
+def check(cfg: DictConfig) -> None:
+    from vaelab.config import check_train_config  # imported here so that `--help` stays fast
+
+    check_train_config(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@report_errors
+@report_errors(check)
 def main(cfg: DictConfig):
-    from vaelab.train import run  # imported here so that `--help` stays fast
+    from vaelab.tasks.train import run
 
     return run(cfg)
 

@@ -11,12 +11,10 @@ training images:
   graph         (GPU) (b) with the whole step captured as one CUDA graph: the floor
   vaelab        (c) `python train.py` itself (Hydra, DataModule, LightningModule, CSV logging of
                 recon/kl/loss/nelbo), validation, checkpointing, image panels and the
-                progress bar off; its epochs are timed by vaelab.callbacks.EpochTimer
+                progress bar off; its epochs are timed by vaelab.training.callbacks.EpochTimer
   vaelab-eager  (c) with model.cuda_graph=false
-  vaelab-grouped (c) with data.batches_per_step=--group (default 8): the same optimiser steps,
-                Lightning's per-step host work paid once per group
   vaelab-ddp2   (c) with trainer.devices=2
-(b), (g) and (c) use the same Adam (vaelab.module.make_optimizer: fused). Each round runs
+(b), (g) and (c) use the same Adam (vaelab.training.make_optimizer: fused). Each round runs
 every loop for 1 warm-up epoch + --epochs timed epochs, loops interleaved; the table gives the
 median seconds per timed epoch and the ratios of the medians; with --rounds >= 2 also the
 ratio within each round (loops of one round run minutes apart at most) and its median.
@@ -45,7 +43,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from vaelab.data.idx import write_idx  # noqa: E402
 from vaelab.models import VAE, gaussian_kl, reconstruction_loss  # noqa: E402
-from vaelab.module import make_optimizer  # noqa: E402
+from vaelab.training import make_optimizer  # noqa: E402
 
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -223,7 +221,7 @@ def vaelab_loop(data_root: Path, batch_size: int, device: torch.device, extra: l
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", f"trainer.devices={devices}",
         "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=0", "test=false",
         "callbacks.model_checkpoint=null", "callbacks.latent_panels=null",
-        "+callbacks.epoch_timer._target_=vaelab.callbacks.EpochTimer",
+        "+callbacks.epoch_timer._target_=vaelab.training.callbacks.EpochTimer",
         f"hydra.run.dir={out_dir}/run", *extra,
     ]
 
@@ -276,9 +274,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loop per round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--loops", nargs="+", default=["examples", "plain", "graph", "vaelab", "vaelab-grouped"],
-                        help="any of examples plain graph vaelab vaelab-eager vaelab-grouped vaelab-ddp2")
-    parser.add_argument("--group", type=int, default=8, help="data.batches_per_step of vaelab-grouped")
+    parser.add_argument("--loops", nargs="+", default=["examples", "plain", "graph", "vaelab"],
+                        help="any of examples plain graph vaelab vaelab-eager vaelab-ddp2")
     parser.add_argument("--vaelab-args", nargs="*", default=[], help="extra overrides for train.py, e.g. trainer.precision=bf16-mixed")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -296,8 +293,6 @@ def main() -> None:
             "graph": lambda: graph_loop(data_root, batch_size, device),
             "vaelab": lambda: vaelab_loop(data_root, batch_size, device, args.vaelab_args),
             "vaelab-eager": lambda: vaelab_loop(data_root, batch_size, device, [*args.vaelab_args, "model.cuda_graph=false"]),
-            "vaelab-grouped": lambda: vaelab_loop(data_root, batch_size, device,
-                                                  [*args.vaelab_args, f"data.batches_per_step={args.group}"]),
             "vaelab-ddp2": lambda: vaelab_loop(data_root, batch_size, device, args.vaelab_args, devices=2),
         }
         names = [n for n in args.loops if n != "graph" or device.type == "cuda"]
@@ -328,7 +323,7 @@ def main() -> None:
             ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(per_round[ours], per_round[ref])]
             return f"   (per round: {' '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f})"
 
-        for ours in ("vaelab", "vaelab-grouped"):
+        for ours in ("vaelab", "vaelab-eager"):
             for ref in ("examples", "plain", "graph"):
                 if ours in medians and ref in medians:
                     faster = f" = {medians[ref] / medians[ours]:.1f}x faster" if ref == "examples" else ""

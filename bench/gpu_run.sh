@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The GPU measurements of bench/README.md, as run on a lent H100/H200 machine whose python3
 # has torch and pytorch-lightning but not Hydra: the wheels in .whl/ and the Fashion-MNIST
-# archives in .bench-data/ travel with the working tree (see bench/README.md).
+# archives in .bench-data/ travel with the working tree (see bench/README.md). With a copy of
+# an earlier tree in .base/ (git archive <commit> | tar -x -C .base), its default loop is timed
+# in the same invocation, for a before/after ratio on the same machine.
+# Each step runs under its own timeout and writes its log to $OUT as it goes.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
+SITE=""
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src
+  SITE=/tmp/site:
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONPATH=$SITE$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py 2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
-python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.log"
+timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
 # A full default run (validation, checkpoints, panels, test) with and without the graph.
 for graph in true false; do
-  python3 train.py data=fashion_mnist data.system_dir="$PWD/.bench-data" data.data_dir=/tmp/gpu-data logger=csv \
+  timeout 180 python3 train.py data=fashion_mnist data.system_dir="$PWD/.bench-data" data.data_dir=/tmp/gpu-data logger=csv \
     trainer.max_epochs=3 trainer.enable_progress_bar=false model.cuda_graph=$graph \
     hydra.run.dir="$OUT/train_graph_$graph" >"$OUT/train_graph_$graph.log" 2>&1
   echo "cuda_graph=$graph: exit $? $(grep -o '"test/loss": [0-9.]*' "$OUT/train_graph_$graph/metrics.json" 2>/dev/null) $(grep -o 'training step: .*' "$OUT/train_graph_$graph.log" | head -1)" | tee -a "$OUT/train_default.log"
 done
-python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops examples plain graph vaelab vaelab-grouped vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+rm -rf "$OUT"/train_graph_*/checkpoints "$OUT"/train_graph_*/images  # only the logs come back
+timeout 420 python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+if [ -d .base ]; then
+  PYTHONPATH=$SITE$PWD/.base/src timeout 300 python3 .base/bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 \
+    --loops graph vaelab 2>&1 | tee "$OUT/bench_gpu_base.log"
+fi

@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_epoch import prepare_data  # noqa: E402
-from vaelab.cli import silence_known_noise  # noqa: E402
 from vaelab.data import MNISTDataModule  # noqa: E402
-from vaelab.module import LitAutoencoder  # noqa: E402
+from vaelab.tasks.cli import silence_known_noise  # noqa: E402
+from vaelab.training import LitAutoencoder  # noqa: E402
 
 
 class ProfileEpoch(pl.Callback):

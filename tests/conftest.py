@@ -1,6 +1,7 @@
 """Fixtures: small synthetic MNIST-style IDX files, and running the real entry point."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaelab.cli import silence_known_noise
+from vaelab.tasks.cli import silence_known_noise
 from vaelab.data import write_idx
 
 silence_known_noise()
@@ -84,3 +85,21 @@ def run_entry_point(*args: str, script: str = "train.py", timeout: int = 300) ->
 
 def run_dirs(log_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(log_dir) / "runs").glob("*/*") if p.is_dir())
+
+
+def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
+    """`python <script> ...` inside this process (runpy, as `python` runs it, without starting an
+    interpreter): returns the exit code; what it logs goes to the captured output and the run dir."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = sys.argv
+    sys.argv = [str(REPO / script), *args]
+    GlobalHydra.instance().clear()
+    try:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+        return 0
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from vaelab.compare import find_runs, load_runs
+from vaelab.evaluation.compare import find_runs, load_runs
 
 HEADER = ["epoch", "step", "test/kl", "test/loss", "test/nelbo", "test/recon", "train/kl", "train/loss", "train/nelbo",
           "train/recon", "train/recon_step", "val/active_units", "val/kl", "val/loss", "val/nelbo", "val/recon"]
@@ -33,7 +33,8 @@ def _write_run(run_dir: Path, model: str, beta: float, recon: list[float], kl: l
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    metrics = {"status": "completed", "model": model, "beta": beta, "latent_dim": 4, "recon_loss": "mse",
+    metrics = {"status": "completed", "model": model, "beta": beta if model == "vae" else None, "latent_dim": 4,
+               "recon_loss": "mse", "terms": list(terms),
                "epochs": len(recon), **final, "val/loss": 1.0}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 

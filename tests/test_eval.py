@@ -22,7 +22,7 @@ def test_eval_config_composes_with_its_defaults():
 def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
     from omegaconf import OmegaConf
 
-    from vaelab.eval import use_training_data_config
+    from vaelab.config import training_data_config
 
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -34,9 +34,8 @@ def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
     def data_after(*overrides):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt", *overrides])
-        source = use_training_data_config(cfg, ckpt, ["ckpt_path=x.ckpt", *overrides])
-        return cfg.data, source
+            cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", *overrides])
+        return training_data_config(cfg, [f"ckpt_path={ckpt}", *overrides])
 
     data, source = data_after()
     assert (data.binarize, data.data_dir, data.val_size) == ("dynamic", "/trained/data", 128)
@@ -76,18 +75,18 @@ def evaluated(shared_data_dir, tmp_path_factory):
 
 
 def _whole_test_set_losses(checkpoint: str, data_dir: Path) -> dict[str, float]:
-    """compute_losses over all test images in one batch: the exact per-image means, by another path."""
+    """The model's losses over all test images in one batch: the exact per-image means, by another path."""
     import torch
 
     from vaelab.data import MNISTDataModule
-    from vaelab.module import LitAutoencoder
+    from vaelab.training import LitAutoencoder
 
-    module = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    model = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
     dm = MNISTDataModule(data_dir=str(data_dir), source="local", val_size=128)
     dm.load()
     x, _ = dm.on_after_batch_transfer(dm.splits["test"], 0)
     with torch.no_grad():
-        return {k: float(v) for k, v in module.compute_losses(x).items()}
+        return {k: float(v) for k, v in model.losses(x).items()}
 
 
 # metrics.json's test/* are exact per-image means (sums and counts, module.py), computed in
@@ -135,7 +134,7 @@ def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
     run_dir, metrics, eval_dir, record, report = evaluated["ae"]
     assert "test/nll" not in record and "test/kl" not in record
     assert set(record["not_applicable"]) == {"test/nll", "test/kl"}
-    assert "Not applicable to an AE" in report and "no density p(x)" in report
+    assert "Not applicable to model=ae" in report and "no density p(x)" in report
     # An AE's reconstruction is deterministic: exactly the module's own loss on the same images.
     whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
     assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-5)
@@ -148,20 +147,13 @@ def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
 
 
 @pytest.mark.slow
-def test_eval_without_a_checkpoint_says_what_to_pass(tmp_path):
-    result = run_entry_point(f"paths.log_dir={tmp_path}", script="eval.py")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "ckpt_path is required" in result.stdout + result.stderr
-
-
-@pytest.mark.slow
 def test_eval_sweep_with_a_failed_job_exits_non_zero_and_keeps_the_others(evaluated, tmp_path):
     good = evaluated["ae"][1]["best_checkpoint"]
     result = run_entry_point("-m", f"ckpt_path={good},{tmp_path / 'missing.ckpt'}", f"paths.log_dir={tmp_path}",
                              f"eval.k={K}", "eval.n_samples=200", script="eval.py")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
-    assert "1 of 2 evaluations failed" in output and "missing.ckpt does not exist" in output
+    assert "1 of 2 evaluations failed" in output and "missing.ckpt must be the path of an existing .ckpt file" in output
     (good_dir,) = tmp_path.glob("evals/*/*_multi/0_*")
     assert json.loads((good_dir / "eval.json").read_text())["checkpoint"] == str(Path(good).resolve())
 
@@ -171,7 +163,7 @@ def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
     import subprocess
     import sys
 
-    from vaelab.compare import load_runs
+    from vaelab.evaluation.compare import load_runs
 
     run_dirs_ = [evaluated[m][0] for m in ("vae", "ae")]
     runs = load_runs(run_dirs_)

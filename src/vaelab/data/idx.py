@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.errors import DataError
+from vaelab.files import atomic_write
 
 # IDX type byte → bytes per element (big-endian values).
 _ELEMENT_SIZES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
@@ -63,8 +64,5 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
 
 def gunzip(source: Path, target: Path) -> None:
     """Decompress `source` into `target` atomically, so an interrupted copy leaves no half file."""
-    partial = target.with_name(target.name + ".partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(source, "rb") as src, partial.open("wb") as dst:
+    with gzip.open(source, "rb") as src, atomic_write(target, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    partial.replace(target)

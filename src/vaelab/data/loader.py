@@ -1,6 +1,5 @@
 """Batches cut from tensors by indexing, instead of one image at a time through a Dataset."""
 
-import itertools
 import math
 
 import torch
@@ -23,9 +22,6 @@ class TensorBatchLoader:
     by (seed, epoch), the same on every rank; for training it is padded by repeating its start
     so all ranks take the same number of steps, and rank r takes every world_size-th index from r.
     Evaluation (`pad=False`) shards without padding, so every image is counted exactly once.
-
-    With `batches_per_item` K > 1 each item is a list of K consecutive batches (the last item
-    may hold fewer): the same batches in the same order, K of them per Lightning step.
     """
 
     def __init__(
@@ -39,16 +35,12 @@ class TensorBatchLoader:
         seed: int = 0,
         pad: bool = True,
         drop_last: bool = False,
-        batches_per_item: int = 1,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if batches_per_item < 1:
-            raise ValueError(f"batches_per_item={batches_per_item} must be at least 1")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world_size, self.seed, self.pad = rank, world_size, seed, pad
-        self.batches_per_item = batches_per_item
         self.sampler = EpochSeed()
         self.batch_sampler = None  # Lightning inspects these two attributes of any loader
 
@@ -63,7 +55,7 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_batches() / self.batches_per_item)
+        return self.num_batches()
 
     def indices(self) -> torch.Tensor:
         """This rank's indices for the current epoch, on the CPU."""
@@ -85,10 +77,5 @@ class TensorBatchLoader:
         order = self.indices().to(self.images.device, non_blocking=True)
         images, labels = self.images[order], self.labels[order]
         size = self.batch_size
-        batches = ((images[start : start + size], labels[start : start + size])
-                   for start in range(0, self.num_batches() * size, size))
-        if self.batches_per_item == 1:
-            yield from batches
-        else:
-            while group := list(itertools.islice(batches, self.batches_per_item)):
-                yield group
+        for start in range(0, self.num_batches() * size, size):
+            yield images[start : start + size], labels[start : start + size]

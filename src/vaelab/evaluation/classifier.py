@@ -6,14 +6,15 @@ split as grey levels in [0, 1] (the decoder's pixel means are grey levels too).
 """
 
 import hashlib
-import math
 import logging
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vaelab.evaluation.latent import batches
+from vaelab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,8 @@ def cached_classifier(splits: dict, cache_dir: Path, name: str, device: torch.de
     else:
         log.info("training the reference classifier on %d images (once; cached in %s)", len(train_x), path)
         model = train_classifier(train_x, train_y, device=device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".pt.partial")  # another process never reads half a file
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, partial)
-        partial.replace(path)
+        with atomic_write(path, "wb") as f:  # another process never reads half a file
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
         cached = False
     test_x, test_y = splits["test"]
     return model, {"classifier/path": str(path), "classifier/cached": cached,

@@ -6,18 +6,12 @@ images. A collapsed dimension has μ_i(x) ≈ 0 for every x (q(z_i|x) = prior), 
 """
 
 from collections.abc import Iterator
-from typing import NamedTuple, Optional
 
 import torch
 
-from vaelab.models import gaussian_kl_per_dim
+from vaelab.models import Codes, gaussian_kl_per_dim
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al.'s threshold on Cov_x(E_q[z_i])
-
-
-class Codes(NamedTuple):
-    mu: torch.Tensor  # (N, latent_dim) E_q[z|x] for a VAE, the code z = f(x) for an AE
-    logvar: Optional[torch.Tensor]  # (N, latent_dim) VAE only
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -27,18 +21,13 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 
 @torch.no_grad()
 def encode(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> Codes:
-    """Codes of images `x` (N, C, H, W), encoded `batch_size` at a time."""
-    mus, logvars = [], []
-    for part in batches(len(x), batch_size):
-        out = model.encode(x[part])
-        mu, logvar = out if isinstance(out, tuple) else (out, None)
-        mus.append(mu)
-        logvars.append(logvar)
-    return Codes(torch.cat(mus), None if logvars[0] is None else torch.cat(logvars))
+    """Codes (`model.posterior`) of images `x` (N, C, H, W), encoded `batch_size` at a time."""
+    parts = [model.posterior(x[part]) for part in batches(len(x), batch_size)]
+    return Codes(*(None if field[0] is None else torch.cat(field) for field in zip(*parts)))
 
 
 def kl_per_dim(codes: Codes) -> torch.Tensor:
-    """(latent_dim,) KL of each dimension averaged over the images; sums to the logged `kl`."""
+    """(latent_dim,) KL of a stochastic encoder's codes (logvar given) of each dimension averaged over the images; sums to the logged `kl`."""
     return gaussian_kl_per_dim(codes.mu, codes.logvar).mean(dim=0)
 
 

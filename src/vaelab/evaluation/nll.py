@@ -6,16 +6,10 @@ computed as logsumexp(log w) − log k, so no weight ever leaves float range. Th
 a lower bound on log p(x) for every k (in expectation) that tightens as k grows, and it is
 never below the ELBO estimate (1/k) Σ_j log w_j of the same samples (Jensen's inequality).
 
-The decoder likelihood p(x|z), in nats per image, for the two reconstruction losses:
-
-    bce:  −log p(x|z) = recon                       (independent Bernoulli pixels, exact)
-    mse:  −log p(x|z) = recon + ½·D·log π           (Gaussian N(x', σ² I) with σ² = ½)
-
-where recon is the training term (summed over the D pixels). For mse the fixed variance is
-the one for which ‖x − x'‖² is the Gaussian NLL up to a constant:
-−log N(x; x', σ² I) = ‖x − x'‖² / (2σ²) + (D/2)·log(2πσ²), and σ² = ½ gives
-‖x − x'‖² + (D/2)·log π. vaelab reports `nll` without that constant, on the same scale as
-`nelbo` (which omits it too), so the two compare directly; eval.json also stores the constant.
+The decoder likelihood log p(x|z) is the model's own (`vaelab.models.Likelihood`): −recon, the
+training term per image, up to a constant (0 for bce, ½·D·log π for mse). vaelab reports `nll`
+without that constant, on the same scale as `nelbo` (which omits it too), so the two compare
+directly; eval.json also stores the constant.
 """
 
 import math
@@ -28,11 +22,6 @@ LOG_2PI = math.log(2 * math.pi)
 
 # log p(x|z) up to the constant: takes codes (K, B, latent_dim) and images (B, ...), returns (K, B).
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def decoder_constant(recon_loss: str, n_pixels: int) -> float:
-    """−log p(x|z) − recon, in nats: 0 for bce, ½·D·log π for mse (σ² = ½)."""
-    return 0.5 * n_pixels * math.log(math.pi) if recon_loss == "mse" else 0.0
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -80,12 +69,12 @@ def importance_sampled_nll(
     return {"nll": -(running_lse - math.log(k)), "nelbo": -sum_log_w / k, "recon": -sum_log_px_z / k}
 
 
-def autoencoder_log_likelihood(module) -> LogLikelihood:
-    """log p(x|z) + constant of a LitAutoencoder's decoder: −recon, exactly the training term per image."""
+def model_log_likelihood(model) -> LogLikelihood:
+    """log p(x|z) + constant of a model's decoder: −recon, exactly the training term per image."""
     def log_likelihood(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, batch = z.shape[:2]
-        logits = module.model.decode(z.reshape(n * batch, -1))
+        logits = model.decode(z.reshape(n * batch, -1))
         targets = x.expand(n, *x.shape).reshape(logits.shape)
-        return -module.reconstruction_error(logits, targets).view(n, batch)
+        return -model.likelihood.error(logits, targets).view(n, batch)
 
     return log_likelihood

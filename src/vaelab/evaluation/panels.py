@@ -13,13 +13,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
-from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid
 
-from vaelab.evaluation.latent import ACTIVE_THRESHOLD, Codes, activity, batches, encode, kl_per_dim, most_active_first, project_2d
+from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim, most_active_first, project_2d
 
 PADDING = 2
-TRAVERSAL_RANGE = 3.0  # traverse ±3 standard deviations: the prior's for a VAE, the codes' for an AE
+TRAVERSAL_RANGE = 3.0  # traverse ±3 standard deviations of the model's code distribution
 
 
 @dataclass
@@ -42,34 +41,9 @@ def figure_image(fig: Figure) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode_means(module, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Decoded pixel means in [0, 1] (the sigmoid of the logits) of codes (N, d), (N, C, H, W)."""
-    return torch.cat([torch.sigmoid(module.model.decode(z[part])) for part in batches(len(z), batch_size)])
-
-
-def fitted_gaussian(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (d,) and a Cholesky factor (d, d) of the codes' empirical covariance."""
-    mean = codes.mean(dim=0)
-    centred = codes - mean
-    cov = centred.T @ centred / max(len(codes) - 1, 1)
-    # A small ridge keeps the factorisation defined when some code dimensions never vary.
-    ridge = 1e-6 * (cov.diagonal().mean() + 1e-12) * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
-    return mean, torch.linalg.cholesky(cov + ridge)
-
-
-def sample_codes(codes: Codes, n: int, generator: torch.Generator) -> tuple[torch.Tensor, str, str]:
-    """Codes to decode as samples, the panel's name and caption.
-
-    A VAE samples its prior N(0, I). An AE has no prior: codes drawn from N(0, I) may lie far
-    from any code it was trained on, so it gets a Gaussian fitted to its own codes instead.
-    """
-    d = codes.mu.shape[1]
-    eps = torch.randn(n, d, generator=generator).to(codes.mu)
-    if codes.logvar is not None:
-        return eps, "prior_samples", "decoded z ~ N(0, I), the VAE's prior"
-    mean, chol = fitted_gaussian(codes.mu)
-    return mean + eps @ chol.T, "fitted_gaussian_samples", (
-        "AE (no prior): decoded z ~ N(m, C), a Gaussian fitted to the mean and covariance of its test codes")
+def decode_means(model, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Decoded pixel means in [0, 1] of codes (N, d), (N, C, H, W)."""
+    return torch.cat([model.likelihood.means(model.decode(z[part])) for part in batches(len(z), batch_size)])
 
 
 def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str) -> np.ndarray:
@@ -101,30 +75,32 @@ def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def make_panels(module, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8, n_samples: int = 64,
+def make_panels(model, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8, n_samples: int = 64,
                 interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
                 seed: int = 0) -> list[Panel]:
-    """All panels of `module` on images `x` (N, C, H, W, in the data's pixel range) with `labels`.
+    """All panels of the plain model `model` on images `x` (N, C, H, W, in the data's pixel range) with `labels`.
 
     The first `n_images` images are the fixed set shown; all N are encoded for the scatter,
     the activity order and the AE's fitted Gaussian.
     """
-    was_training = module.training
-    module.eval()
+    was_training = model.training
+    model.eval()
     generator = torch.Generator().manual_seed(seed)
-    codes = encode(module.model, x)
+    codes = encode(model, x)
+    distribution = model.code_distribution(codes)
     n_images = min(n_images, len(x))
     panels: list[Panel] = []
 
     # 1) Reconstructions decode the posterior mean, so they do not change with the sampled z.
-    originals = module._to_unit_range(x[:n_images])
-    recon = decode_means(module, codes.mu[:n_images])
+    originals = model.likelihood.to_unit(x[:n_images])
+    recon = decode_means(model, codes.mu[:n_images])
     panels.append(Panel("reconstructions", grid_image(torch.cat([originals, recon]), n_images),
                         "top: test images; bottom: their reconstructions (decoded E_q[z|x])"))
 
-    # 2) Samples.
-    z, name, caption = sample_codes(codes, n_samples, generator)
-    panels.append(Panel(name, grid_image(decode_means(module, z), int(np.ceil(np.sqrt(n_samples)))), caption))
+    # 2) Samples from where the model's codes come from: a VAE's prior, a Gaussian fitted to an AE's codes.
+    z = distribution.sample(n_samples, generator)
+    panels.append(Panel(f"{distribution.name}_samples", grid_image(decode_means(model, z), int(np.ceil(np.sqrt(n_samples)))),
+                        distribution.caption))
 
     # 3) Interpolations: row i goes linearly in code space from image i to image i + pairs.
     pairs = max(1, n_images // 2)
@@ -132,23 +108,20 @@ def make_panels(module, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8
     z_a = codes.mu[:pairs, None]
     z_b = codes.mu[pairs : 2 * pairs, None] if len(x) >= 2 * pairs else z_a  # one image: a constant row
     path = ((1 - t) * z_a + t * z_b).reshape(-1, codes.mu.shape[1])
-    panels.append(Panel("interpolations", grid_image(decode_means(module, path), interpolation_steps),
+    panels.append(Panel("interpolations", grid_image(decode_means(model, path), interpolation_steps),
                         f"each row: decoded codes on the straight line between two test images' codes, {interpolation_steps} steps"))
 
     # 4) Traversals: row r varies the r-th most active dimension, the others stay at image 0's code.
     order = most_active_first(codes)[:traversal_dims]
     steps = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, traversal_steps).to(codes.mu)
-    if codes.logvar is not None:
-        centre, spread = torch.zeros_like(codes.mu[0]), torch.ones_like(codes.mu[0])
-    else:
-        centre, spread = codes.mu.mean(dim=0), codes.mu.std(dim=0)
+    centre, spread = distribution.mean, distribution.std()
     rows = []
     for dim in order:
         z = codes.mu[0].repeat(traversal_steps, 1)
         z[:, dim] = centre[dim] + steps * spread[dim]
         rows.append(z)
-    unit = "prior std" if codes.logvar is not None else "std of the AE's codes"
-    panels.append(Panel("traversals", grid_image(decode_means(module, torch.cat(rows)), traversal_steps),
+    unit = distribution.unit
+    panels.append(Panel("traversals", grid_image(decode_means(model, torch.cat(rows)), traversal_steps),
                         f"row r: dimension {[int(d) + 1 for d in order]}[r] (most active first) from "
                         f"−{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g} {unit}; the others at a test image's code"))
 
@@ -158,12 +131,12 @@ def make_panels(module, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8
     panels.append(Panel("latent_scatter", scatter_panel(coords, labels[: len(coords)], axes, f"test codes ({how}) by label"),
                         f"{len(coords)} test codes, {how}, coloured by label"))
 
-    # 6) KL per dimension (a VAE only: an AE has no KL).
-    if codes.logvar is not None:
+    # 6) KL per dimension, for model types with a KL term.
+    if "kl" in model.terms:
         active = activity(codes) > ACTIVE_THRESHOLD
         panels.append(Panel("kl_per_dim", kl_bar_panel(kl_per_dim(codes), active),
                             f"KL per latent dimension; {int(active.sum())} of {len(active)} units active"))
-    module.train(was_training)
+    model.train(was_training)
     return panels
 
 
@@ -176,16 +149,3 @@ def save_panels(panels: list[Panel], folder: Path, suffix: str = "") -> list[Pat
         Image.fromarray(panel.image).save(path)
         paths.append(path)
     return paths
-
-
-def log_panels(loggers: list[Logger], panels: list[Panel], step: int) -> None:
-    """Send the panels to every image-capable logger, as uint8 (W&B would not rescale floats)."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            # One history row for all panels, at the trainer's global step.
-            logger.log_metrics({f"panels/{p.name}": wandb.Image(p.image, caption=p.caption) for p in panels}, step)
-        elif isinstance(logger, TensorBoardLogger):
-            for panel in panels:
-                logger.experiment.add_image(f"panels/{panel.name}", panel.image, step, dataformats="HWC")

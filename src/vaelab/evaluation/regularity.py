@@ -25,7 +25,8 @@ fixed scale (0.1 to 1) and is cheap enough for every evaluation.
 import torch
 
 from vaelab.evaluation.latent import batches
-from vaelab.evaluation.panels import decode_means, fitted_gaussian
+from vaelab.evaluation.panels import decode_means
+from vaelab.models import Codes
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def continuity(module, codes: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+def continuity(model, codes: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
     """Continuity numbers for codes (N, d) of test images (N ≥ 2)."""
     distances = torch.cdist(codes, codes)
     distances.fill_diagonal_(float("inf"))
@@ -43,8 +44,8 @@ def continuity(module, codes: torch.Tensor, generator: torch.Generator) -> dict[
     step = nn_dist.median()
     u = torch.randn(codes.shape, generator=generator).to(codes)
     u = u / u.norm(dim=1, keepdim=True)
-    base = decode_means(module, codes)
-    random_change = _rms(decode_means(module, codes + step * u), base) / step
+    base = decode_means(model, codes)
+    random_change = _rms(decode_means(model, codes + step * u), base) / step
     neighbour_change = _rms(base[nn_idx], base) / nn_dist
     r, n = float(random_change.mean()), float(neighbour_change.mean())
     return {"continuity/step": float(step), "continuity/random_change_per_unit": r,
@@ -61,17 +62,19 @@ def _judge(classifier, images: torch.Tensor, prefix: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def completeness(module, classifier, codes: torch.Tensor, test_images: torch.Tensor, n_samples: int,
+def completeness(model, classifier, codes: Codes, test_images: torch.Tensor, n_samples: int,
                  generator: torch.Generator) -> dict[str, float]:
-    """Classifier judgements of decoded N(0, I) samples (and, for an AE, of its fitted Gaussian's).
+    """Classifier judgements of decoded N(0, I) samples, and of the model's own code distribution
+    where that is another (an AE's fitted Gaussian), from the same noise.
 
     `test_images` (N, 1, H, W) in [0, 1] give the reference values of real images.
     """
     device = next(classifier.parameters()).device
-    eps = torch.randn(n_samples, codes.shape[1], generator=generator).to(codes)
+    eps = torch.randn(n_samples, codes.mu.shape[1], generator=generator).to(codes.mu)
     out = _judge(classifier, test_images.to(device), "completeness/test")
-    out.update(_judge(classifier, decode_means(module, eps).to(device), "completeness/prior"))
-    if module.hparams.model == "ae":
-        mean, chol = fitted_gaussian(codes)
-        out.update(_judge(classifier, decode_means(module, mean + eps @ chol.T).to(device), "completeness/fitted_gaussian"))
+    out.update(_judge(classifier, decode_means(model, eps).to(device), "completeness/prior"))
+    distribution = model.code_distribution(codes)
+    if distribution.name != "prior":
+        z = distribution.mean + eps @ distribution.scale_tril.T
+        out.update(_judge(classifier, decode_means(model, z).to(device), f"completeness/{distribution.name}"))
     return out

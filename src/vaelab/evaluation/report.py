@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Any
 
+from vaelab.files import markdown_table, write_text
+
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -13,28 +15,30 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _table(rows: list[tuple[str, str, str]]) -> list[str]:
-    return ["| metric | value | meaning |", "|---|---|---|", *(f"| `{a}` | {b} | {c} |" for a, b, c in rows)]
+    return markdown_table(["metric", "value", "meaning"], [(f"`{a}`", b, c) for a, b, c in rows])
 
 
 def write_report(path: Path, r: dict[str, Any]) -> None:
-    is_vae = r["model"] == "vae"
+    has_density = "test/nll" in r  # a model with a prior and a stochastic encoder (a VAE)
+    beta = f", β={r['beta']:g}" if r.get("beta") is not None else ""
     lines = [f"# Evaluation of `{r['checkpoint']}`", "",
-             f"Model: **{r['model']}**, latent_dim={r['latent_dim']}, β={r['beta']:g}, recon_loss={r['recon_loss']}. "
+             f"Model: **{r['model']}**, latent_dim={r['latent_dim']}{beta}, recon_loss={r['recon_loss']}. "
              f"Data: {r.get('data/name')} from {r.get('data/source')} ({r.get('data/location')}), "
              f"{r['eval/images']} test images (binarize={r.get('data/binarize')}); data config: {r['data_config']}.", "",
              "## Test metrics (means per image, nats where a likelihood is defined)", ""]
-    rows = [("test/recon", _num(r["test/recon"]), "reconstruction term, summed over pixels"
-             + (f", averaged over the {r['eval/k']} samples of q(z|x)" if is_vae else ""))]
-    if is_vae:
-        rows += [("test/kl", _num(r["test/kl"]), "KL[q(z|x) ‖ N(0, I)], exact"),
-                 ("test/nelbo", _num(r["test/nelbo"]), "recon + kl: the negative ELBO, an upper bound on −log p(x)"),
-                 ("test/loss", _num(r["test/loss"]), "recon + β·kl, what training optimised"),
-                 ("test/nll", _num(r["test/nll"]), f"−log p(x), importance-sampled with k={r['eval/k']}"),
+    meanings = {
+        "recon": "reconstruction term, summed over pixels"
+                 + (f", averaged over the {r['eval/k']} samples of q(z|x)" if has_density else ""),
+        "kl": "KL[q(z|x) ‖ N(0, I)], exact",
+        "nelbo": "recon + kl: the negative ELBO, an upper bound on −log p(x)",
+        "loss": "what training optimised" + (f" (recon + β·kl, β={r['beta']:g})" if r.get("beta") is not None else ""),
+    }
+    rows = [(f"test/{term}", _num(r[f"test/{term}"]), meanings.get(term, "")) for term in r["terms"]]
+    if has_density:
+        rows += [("test/nll", _num(r["test/nll"]), f"−log p(x), importance-sampled with k={r['eval/k']}"),
                  ("test/nll_gap", _num(r["test/nll_gap"]), "nelbo − nll ≥ 0: how loose the bound is")]
-    else:
-        rows += [("test/loss", _num(r["test/loss"]), "= recon for an AE")]
     lines += _table(rows)
-    if is_vae:
+    if has_density:
         constant = r["test/nll_constant"]
         lines += ["", "### How nll is estimated", "",
                   "log p(x) ≈ logsumexp_j log w_j − log k, w_j = p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x) "
@@ -52,13 +56,12 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
             lines += ["", "The bce decoder is a Bernoulli likelihood: nll is in nats, comparable with published "
                       "numbers when the data are binarised (data.binarize)."]
     else:
-        lines += ["", "**Not applicable to an AE:**", "", *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items())]
+        lines += ["", f"**Not applicable to model={r['model']}:**", "", *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items())]
 
     lines += ["", "## Latent space", "",
               f"Active units (Burda et al. 2015: Cov_x(E_q[z_i]) > 0.01): **{r['test/active_units']} of {r['latent_dim']}**."]
-    if is_vae:
-        lines += ["", "| dimension | KL (nats) |", "|---|---|",
-                  *(f"| {i + 1} | {v:.3f} |" for i, v in enumerate(r["test/kl_per_dim"]))]
+    if "test/kl_per_dim" in r:
+        lines += ["", *markdown_table(["dimension", "KL (nats)"], [(i + 1, f"{v:.3f}") for i, v in enumerate(r["test/kl_per_dim"])])]
     lines += ["", "### Continuity", "",
               "With s the median distance between a test code and its nearest neighbouring code, the mean RMS "
               "pixel change of the decoded image per unit latent step, along a random direction (step s) and "
@@ -83,4 +86,4 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
     lines += ["", "## Panels", ""]
     for name, file in r["panels"].items():
         lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")

@@ -5,6 +5,9 @@ over the latent dimensions (KL), then averaged over the batch. Mixing a per-pixe
 sum would silently rescale β by the number of pixels.
 """
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +79,38 @@ def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL[N(mu, exp(logvar)) ‖ N(0, I)] in closed form, summed over latent dims, batch mean."""
     return gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
+
+
+class Likelihood:
+    """The decoder's p(x|z) for images in `pixel_range`: what the reconstruction error means.
+
+    The decoder's sigmoid covers [0, 1]; images are mapped there, and the error is reported in
+    the data's own units (an mse on [-1, 1] pixels is 4 times the one on [0, 1]; bce needs [0, 1]).
+
+        error(logits, x) = −log p(x|z) − constant(D), per image, summed over the D pixels
+        constant(D)      = 0 for bce (Bernoulli, exact); ½·D·log π for mse, read as the Gaussian
+                           N(x', σ² I) with σ² = ½, since −log N(x; x', σ² I) = ‖x − x'‖²/(2σ²)
+                           + (D/2)·log(2πσ²) = ‖x − x'‖² + ½·D·log π
+    """
+
+    def __init__(self, kind: str = "mse", pixel_range: Sequence[float] = (0.0, 1.0)):
+        self.kind = kind
+        self.low, self.scale = float(pixel_range[0]), float(pixel_range[1]) - float(pixel_range[0])
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the data's pixel range → [0, 1], the range of the decoder's pixel means."""
+        return x if (self.low, self.scale) == (0.0, 1.0) else (x - self.low) / self.scale
+
+    @staticmethod
+    def means(logits: torch.Tensor) -> torch.Tensor:
+        """Decoded pixel means in [0, 1]."""
+        return torch.sigmoid(logits)
+
+    def error(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B,) reconstruction error of images `x` (in the data's pixel range), in the data's units."""
+        error = reconstruction_error(logits, self.to_unit(x), self.kind)
+        return error if self.scale == 1 else error * self.scale**2  # bce has scale 1
+
+    def constant(self, n_pixels: int) -> float:
+        """−log p(x|z) − error, in nats (see above)."""
+        return 0.5 * n_pixels * math.log(math.pi) if self.kind == "mse" else 0.0

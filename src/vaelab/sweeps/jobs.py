@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import VaelabError
-from vaelab.rundir import METRICS_FILE, is_relaunched_rank, read_record
+from vaelab.rundir import METRICS_FILE, is_rank_zero_process, read_record, write_record
 
 log = logging.getLogger("vaelab")
 
@@ -55,11 +55,6 @@ def in_multirun() -> bool:
 def is_sweep_job() -> bool:
     """A job of a multirun, in the sweep's process or in a process of its own."""
     return in_multirun() or SWEEP_GROUP_ENV in os.environ
-
-
-def is_rank_zero_process() -> bool:
-    """Not a rank that Lightning relaunched, nor a SLURM task other than the first."""
-    return not is_relaunched_rank() and os.environ.get("SLURM_PROCID", "0") == "0"
 
 
 def sweep_group() -> Optional[str]:
@@ -144,9 +139,7 @@ def record_failure(cfg: DictConfig, error: str) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if read_record(run_dir) is not None:  # `run` recorded it (or an earlier run is there: keep it)
         return
-    from vaelab.train import write_metrics
-
-    write_metrics(run_dir, {"status": "failed", "error": error, "run_name": cfg.get("run_name"), "run_dir": str(run_dir)})
+    write_record(run_dir, {"status": "failed", "error": error, "run_name": cfg.get("run_name"), "run_dir": str(run_dir)})
 
 
 def _finish_stray_wandb_run() -> None:
@@ -160,17 +153,16 @@ def describe_error(err: BaseException) -> str:
     return str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}"
 
 
-def run_sweep_job(task: Callable[[DictConfig], Any], cfg: DictConfig, entry_point: str) -> Optional[float]:
-    """Run one multirun job; a failure is logged and recorded, and the sweep goes on.
+def run_sweep_job(check: Callable[[DictConfig], None], task: Callable[[DictConfig], Any], cfg: DictConfig,
+                  entry_point: str) -> Optional[float]:
+    """Check and run one multirun job; a failure is logged and recorded, and the sweep goes on.
 
     Returns the optimised metric, or None for a failed job (the Optuna sweeper records such a
-    trial as failed). `vaelab.summary.SweepSummary` makes the sweep's exit code non-zero.
+    trial as failed). `vaelab.sweeps.summary.SweepSummary` makes the sweep's exit code non-zero.
     """
     try:
+        check(cfg)  # a bad value fails here with its message, before any data or process
         if needs_own_process(cfg):
-            from vaelab.config import check_config
-
-            check_config(cfg)  # a bad value fails here with its message, before any process starts
             return run_in_own_process(cfg, entry_point)
         return task(cfg)
     except Exception as err:

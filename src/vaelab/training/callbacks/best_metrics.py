@@ -1,6 +1,7 @@
 """Remembers the validation metrics of the best epoch, i.e. of the best checkpoint."""
 
 import math
+from typing import Optional
 
 import pytorch_lightning as pl
 
@@ -8,17 +9,22 @@ import pytorch_lightning as pl
 class BestEpochMetrics(pl.Callback):
     """Keeps every `val/...` metric of the epoch whose `monitor` value was best.
 
-    ModelCheckpoint saves the best weights at the end of that same validation, so these are
-    the validation metrics of the checkpoint that is tested after fit, without a second pass.
+    By default it follows the trainer's ModelCheckpoint (its `monitor` and `mode`; val/loss,
+    min without one), which saves the best weights at the end of that same validation: these
+    are the validation metrics of the checkpoint that is tested after fit, without a second pass.
     """
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+    def __init__(self, monitor: Optional[str] = None, mode: Optional[str] = None):
         self.monitor, self.mode = monitor, mode
         self.best: float | None = None
         self.epoch: int | None = None
         self.metrics: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        checkpoint = trainer.checkpoint_callback
+        followed = checkpoint is not None and checkpoint.monitor
+        self.monitor = self.monitor or (checkpoint.monitor if followed else "val/loss")
+        self.mode = self.mode or (checkpoint.mode if followed else "min")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

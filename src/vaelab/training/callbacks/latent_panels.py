@@ -6,11 +6,11 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 
 from vaelab.errors import ConfigError
 from vaelab.evaluation.latent import active_units, encode, kl_per_dim
-from vaelab.evaluation.panels import log_panels, make_panels, save_panels
+from vaelab.evaluation.panels import Panel, make_panels, save_panels
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ class LatentPanels(pl.Callback):
     def __init__(self, every_n_epochs: int = 1, n_images: int = 8, n_samples: int = 64, n_scatter: int = 2000,
                  interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
                  max_val_images: Optional[int] = 10000, output_dir: Optional[str] = None, seed: int = 0):
-        if every_n_epochs < 0:
-            raise ConfigError(f"callbacks.latent_panels.every_n_epochs={every_n_epochs} must be >= 0 (0: never)")
-        if n_images < 2:
-            raise ConfigError(f"callbacks.latent_panels.n_images={n_images} must be at least 2 (pairs are interpolated)")
         self.every_n_epochs, self.n_scatter, self.max_val_images = every_n_epochs, n_scatter, max_val_images
         self.output_dir, self.seed = output_dir, seed
         self.panel_options = dict(n_images=n_images, n_samples=n_samples, interpolation_steps=interpolation_steps,
@@ -52,7 +48,7 @@ class LatentPanels(pl.Callback):
         self.saved: list[Path] = []
 
     def _panels_due(self, trainer: pl.Trainer) -> bool:
-        if self.every_n_epochs == 0 or trainer.fast_dev_run:  # debug=fdr promises that nothing is saved
+        if self.every_n_epochs == 0 or trainer.fast_dev_run:  # debug=fdr: one batch, no panels
             return False
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
@@ -63,12 +59,13 @@ class LatentPanels(pl.Callback):
             return
         with torch.no_grad():
             x, _ = split_images(trainer, "val", self.max_val_images, pl_module.device)
-            codes = encode(pl_module.model, x)
+            model = pl_module.model
+            codes = encode(model, x)
             # Every rank encodes the same images, so the value is the same everywhere; sync_dist
             # only keeps Lightning from warning about an unsynchronised epoch metric.
             pl_module.log("val/active_units", float(active_units(codes)), on_step=False, on_epoch=True, sync_dist=True)
             if trainer.is_global_zero:
-                if codes.logvar is not None:
+                if "kl" in model.terms:
                     self._log_kl_histogram(trainer, kl_per_dim(codes))
                 if self._panels_due(trainer):
                     self._write_panels(trainer, pl_module)
@@ -85,7 +82,20 @@ class LatentPanels(pl.Callback):
 
     def _write_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, labels = split_images(trainer, "test", self.n_scatter, pl_module.device)
-        panels = make_panels(pl_module, x, labels, seed=self.seed, **self.panel_options)
+        panels = make_panels(pl_module.model, x, labels, seed=self.seed, **self.panel_options)
         folder = Path(self.output_dir or trainer.default_root_dir) / "images"
         self.saved += save_panels(panels, folder, suffix=f"_epoch{trainer.current_epoch:03d}")
         log_panels(trainer.loggers, panels, step=trainer.global_step)
+
+
+def log_panels(loggers: list[Logger], panels: list[Panel], step: int) -> None:
+    """Send the panels to every image-capable logger, as uint8 (W&B would not rescale floats)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            # One history row for all panels, at the trainer's global step.
+            logger.log_metrics({f"panels/{p.name}": wandb.Image(p.image, caption=p.caption) for p in panels}, step)
+        elif isinstance(logger, TensorBoardLogger):
+            for panel in panels:
+                logger.experiment.add_image(f"panels/{panel.name}", panel.image, step, dataformats="HWC")

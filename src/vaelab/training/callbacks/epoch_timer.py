@@ -9,7 +9,7 @@ import torch
 class EpochTimer(pl.Callback):
     """Times each training epoch (validation excluded) on the device's clock.
 
-    Enable with `+callbacks.epoch_timer._target_=vaelab.callbacks.EpochTimer`; bench/ uses it
+    Enable with `+callbacks.epoch_timer._target_=vaelab.training.callbacks.EpochTimer`; bench/ uses it
     to compare runs on 1 and 2 devices through the real entry point.
     """
 

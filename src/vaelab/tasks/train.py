@@ -1,0 +1,92 @@
+"""The training task that `python train.py` runs: fit, test the best checkpoint, write metrics.json.
+
+Data flows one way: checked config (vaelab.config, before this runs) → DataModule,
+LightningModule, loggers, callbacks, Trainer (each built from its group's `_target_`) →
+Trainer.fit → test on the best checkpoint → metrics.json → the optimised metric is returned.
+"""
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.errors import VaelabError
+from vaelab.rundir import refuse_earlier_run, write_record
+from vaelab.tasks.build import build, build_each
+from vaelab.training.callbacks import BestEpochMetrics
+from vaelab.training.loggers import finish_loggers, log_hyperparameters
+
+log = logging.getLogger(__name__)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def run(cfg: DictConfig) -> Optional[float]:
+    """Train and test one model as `cfg` says; returns the value of `cfg.optimized_metric`."""
+    # Every process logs this into its own log file (a relaunched DDP rank: train_ddp_process_<r>.log),
+    # so one can see that all ranks train the same model.
+    log.info("hyperparameters: model=%s latent_dim=%s hidden_dims=%s beta=%s lr=%s seed=%s", cfg.model.name,
+             cfg.model.latent_dim, list(cfg.model.hidden_dims), cfg.model.get("beta"), cfg.model.lr, cfg.seed)
+    run_dir = Path(cfg.paths.output_dir)
+    refuse_earlier_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Resolve (and download) the data before the Trainer exists: DDP relaunches this script
+    # for the other ranks once the Trainer starts, and they must find the same data.
+    datamodule = build("data", cfg.data)
+    data_info = datamodule.load()
+    module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range))
+    loggers = build_each("logger", cfg.get("logger"))
+    callbacks = build_each("callbacks", cfg.get("callbacks"))
+    trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks)
+    log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
+
+    record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
+        record.update(module.last_step_values)
+        best = next((c for c in callbacks if isinstance(c, BestEpochMetrics)), None)
+        best_val = best.metrics if best is not None else {}
+        record.update(best_val or _floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
+        checkpoint = trainer.checkpoint_callback
+        best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        if cfg.test:
+            if best_path is None:
+                log.warning("no best checkpoint was saved (fast_dev_run or no checkpoint callback): testing the last weights")
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+        record.update(
+            status="completed",
+            best_checkpoint=best_path,
+            best_epoch=best.epoch if best is not None else None,
+            last_checkpoint=str(run_dir / "checkpoints" / "last.ckpt") if best_path else None,
+            epochs=trainer.current_epoch,
+            global_step=trainer.global_step,
+        )
+        failed = False
+    except Exception as err:
+        record.update(status="failed", error=str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        if trainer.is_global_zero:
+            record.update(data_info, seed=cfg.seed, devices=trainer.world_size,
+                          accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
+                          model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
+                          latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
+            write_record(run_dir, record)
+            finish_loggers(loggers, failed=failed)
+
+    if trainer.is_global_zero:
+        log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
+                                          if "/" in k and isinstance(v, float) and not k.startswith("data/")))
+    metric = cfg.get("optimized_metric")
+    value = record.get(metric) if metric else None
+    return value if value is None or math.isfinite(value) else None

@@ -1,0 +1,5 @@
+"""Training: the LightningModule, the CUDA-graph step, loggers and callbacks."""
+
+from vaelab.training.module import LitAutoencoder, make_optimizer
+
+__all__ = ["LitAutoencoder", "make_optimizer"]
