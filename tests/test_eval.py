@@ -115,7 +115,7 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
     assert record["test/kl"] == pytest.approx(metrics["test/kl"], rel=TRAINING_TEST_REL)
     assert sum(record["test/kl_per_dim"]) == pytest.approx(record["test/kl"], rel=1e-5)
     assert len(record["test/kl_per_dim"]) == 4
-    # recon: k samples here, one in compute_losses; the same expectation.
+    # recon: k samples here, one in model.losses; the same expectation.
     assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-2)
     assert record["test/loss"] == pytest.approx(record["test/recon"] + record["beta"] * record["test/kl"])
     assert record["test/nll_constant"] == pytest.approx(0.5 * 784 * 1.1447298858494002)  # ½·D·log π, mse
