@@ -61,7 +61,7 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> 
             sums[key] += float(estimate[key].double().sum())
     n = len(x)
     kl_dims = kl_per_dim(codes)
-    terms = model.combine({"recon": torch.tensor(sums["recon"] / n), "kl": kl_dims.double().sum().cpu()})
+    terms = model.combine({"recon": torch.tensor(sums["recon"] / n, dtype=torch.float64), "kl": kl_dims.double().sum().cpu()})
     nll = sums["nll"] / n
     return {
         **{f"test/{k}": float(v) for k, v in terms.items()},
