@@ -29,5 +29,5 @@ rm -rf "$OUT"/train_graph_*/checkpoints "$OUT"/train_graph_*/images  # only the 
 timeout 420 python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
 if [ -d .base ]; then
   PYTHONPATH=$SITE$PWD/.base/src timeout 300 python3 .base/bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 \
-    --loops graph vaelab 2>&1 | tee "$OUT/bench_gpu_base.log"
+    --loops graph vaelab "$@" 2>&1 | tee "$OUT/bench_gpu_base.log"
 fi
