@@ -31,6 +31,13 @@ def read_record(run_dir: Path) -> Optional[dict[str, Any]]:
         return None
 
 
+def logged_terms(records: list[dict[str, Any]]) -> list[str]:
+    """The loss terms that any of the records logged (metrics.json's "terms"), in the order of the
+    model type with the most (a VAE's recon, kl, loss, nelbo), so AE and VAE runs line up."""
+    by_size = sorted(records, key=lambda record: -len(record.get("terms", ())))
+    return list(dict.fromkeys(term for record in by_size for term in record.get("terms", ())))
+
+
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     return write_json(Path(run_dir) / METRICS_FILE, record)
 

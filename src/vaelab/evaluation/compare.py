@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vaelab.files import markdown_table, write_text
-from vaelab.rundir import METRICS_FILE  # light modules: compare loads no torch
+from vaelab.rundir import METRICS_FILE, logged_terms  # light modules: compare loads no torch
 
 
 @dataclass
@@ -51,10 +51,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def terms_of(runs: list[Run]) -> list[str]:
-    """The loss terms that any of the runs logged (metrics.json's "terms"), in the order of the
-    model type with the most (a VAE's recon, kl, loss, nelbo)."""
-    by_size = sorted(runs, key=lambda run: -len(run.metrics.get("terms", ())))
-    return list(dict.fromkeys(t for run in by_size for t in run.metrics.get("terms", ())))
+    return logged_terms([run.metrics for run in runs])
 
 
 def curve_terms(runs: list[Run]) -> list[str]:

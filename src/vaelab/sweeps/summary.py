@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vaelab.files import markdown_table, write_text
-from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, read_record
+from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, logged_terms, read_record
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,8 @@ def _record(job_dir: Path) -> dict[str, Any]:
 
 def columns(records: list[dict[str, Any]]) -> list[str]:
     """job, run_name, status, overrides, then val/ and test/ of every loss term that a job logged
-    (its metrics.json's "terms": an AE's recon and loss, a VAE's also kl and nelbo), error, run_dir.
-    Terms come in the order of the model type that has the most (recon, kl, loss, nelbo)."""
-    by_size = sorted(records, key=lambda record: -len(record.get("terms", ())))
-    terms = list(dict.fromkeys(t for record in by_size for t in record.get("terms", ())))
+    (an AE's recon and loss, a VAE's also kl and nelbo; rundir.logged_terms), error, run_dir."""
+    terms = logged_terms(records)
     return ["job", "run_name", "status", "overrides", *(f"{s}/{t}" for s in ("val", "test") for t in terms), "error", "run_dir"]
 
 
