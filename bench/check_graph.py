@@ -7,7 +7,9 @@ the real DataModule, LightningModule and Trainer (batch 1024, so every epoch end
 ragged batch that runs eagerly), and compares:
   AE  (deterministic): every epoch-mean loss and the final weights, to float tolerance;
   VAE (sampled z, so different random draws): epoch-mean losses within 1 %;
-then resumes the graphed AE from its last.ckpt for a 3rd epoch (the graph is recaptured
+the same with the values that change during training: a cosine learning rate with warm-up and
+gradient clipping by norm (AE), and a linear KL warm-up on top (VAE), which the graph must read
+from device tensors at every replay; then resumes the graphed AE from its last.ckpt for a 3rd epoch (the graph is recaptured
 after the optimiser state is loaded) and checks global_step and the loss.
 """
 
@@ -68,22 +70,34 @@ def main() -> int:
     note, data_root = prepare_data(root, None)
     print(f"data: {note}; {torch.cuda.get_device_name()}")
     failures = 0
-    for model in ("ae", "vae"):
+    scheduled = {"optimizer": {"scheduler": "cosine", "warmup_steps": 20}, "gradient_clip_val": 1.0}
+    cases = {
+        "ae": {"name": "ae"},
+        "vae": {"name": "vae"},
+        "ae, cosine lr + clipping": {"name": "ae", **scheduled},
+        "vae, linear KL warm-up + cosine lr + clipping": {"name": "vae", "kl_schedule": "linear", "kl_period": 1,
+                                                          **scheduled},
+    }
+    for label, settings in cases.items():
+        model = settings["name"]
         torch.manual_seed(0)
-        graphed = LitAutoencoder(name=model, recon_loss="bce", cuda_graph=True)
-        eager = LitAutoencoder(name=model, recon_loss="bce", cuda_graph=False)
+        graphed = LitAutoencoder(recon_loss="bce", cuda_graph=True, **settings)
+        eager = LitAutoencoder(recon_loss="bce", cuda_graph=False, **settings)
         eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
-        graph_losses, graph_trainer = fit(graphed, data_root, 2, run_dir=str(root / model))
+        graph_losses, graph_trainer = fit(graphed, data_root, 2, run_dir=str(root / label.replace(" ", "_")))
         eager_losses, _ = fit(eager, data_root, 2)
         assert graphed._graph is not None and eager._graph is None
         steps = graph_trainer.global_step
         rel = [abs(g - e) / abs(e) for g, e in zip(graph_losses, eager_losses)]
         weight_diff = max((a - b).abs().max().item() for a, b in zip(graphed.parameters(), eager.parameters()))
+        lr = [float(m.optimizers().optimizer.param_groups[0]["lr"]) for m in (graphed, eager)]
         tolerance = 1e-4 if model == "ae" else 1e-2
-        ok = max(rel) < tolerance and steps == 2 * 54 and (model == "vae" or weight_diff < 1e-3)
+        ok = (max(rel) < tolerance and steps == 2 * 54 and (model == "vae" or weight_diff < 1e-3)
+              and abs(lr[0] - lr[1]) <= 1e-9)
         failures += not ok
-        print(f"{model}: epoch losses graph {graph_losses} eager {eager_losses}; max rel diff {max(rel):.2e} "
-              f"(tolerance {tolerance:g}); max |weight diff| {weight_diff:.2e}; global_step {steps}: {'OK' if ok else 'FAIL'}")
+        print(f"{label}: epoch losses graph {graph_losses} eager {eager_losses}; max rel diff {max(rel):.2e} "
+              f"(tolerance {tolerance:g}); max |weight diff| {weight_diff:.2e}; final lr {lr[0]:.3g} / {lr[1]:.3g}; "
+              f"global_step {steps}: {'OK' if ok else 'FAIL'}")
     resumed = LitAutoencoder(name="ae", recon_loss="bce", cuda_graph=True)
     losses, trainer = fit(resumed, data_root, 3, run_dir=str(root / "ae-resumed"),
                           ckpt_path=str(next((root / "ae").rglob("*.ckpt"))))

