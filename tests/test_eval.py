@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_entry_point, small_run_overrides
+from conftest import REPO, run_dirs, run_entry_point, small_run_overrides
 
 K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
 
@@ -119,6 +119,7 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
     assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-2)
     assert record["test/loss"] == pytest.approx(record["test/recon"] + record["beta"] * record["test/kl"])
     assert record["test/nll_constant"] == pytest.approx(0.5 * 784 * 1.1447298858494002)  # ½·D·log π, mse
+    assert record["test/nll_is_likelihood"] is True and "N(x', ½·I)" in record["test/nll_measures"]
     for key in ("continuity/ratio", "completeness/prior_confidence", "completeness/test_confidence",
                 "classifier/test_accuracy"):
         assert 0 < record[key] < float("inf"), key
@@ -132,7 +133,7 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
 @pytest.mark.slow
 def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
     run_dir, metrics, eval_dir, record, report = evaluated["ae"]
-    assert "test/nll" not in record and "test/kl" not in record
+    assert "test/nll" not in record and "test/kl" not in record and "test/nll_is_likelihood" not in record
     assert set(record["not_applicable"]) == {"test/nll", "test/kl"}
     assert "Not applicable to model=ae" in report and "no density p(x)" in report
     # An AE's reconstruction is deterministic: exactly the module's own loss on the same images.
@@ -175,3 +176,70 @@ def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
     assert "| vae β=1 z=4 | vae | 1 | 4 | mse | 1 | completed |" in text and "| ae z=4 | ae | – | 4 |" in text
     assert {p.name for p in tmp_path.glob("*.png")} == {"recon_vs_epoch.png", "kl_vs_epoch.png", "nelbo_vs_epoch.png",
                                                          "rate_distortion.png"}
+
+
+@pytest.fixture(scope="module")
+def bce_evaluated(shared_data_dir, tmp_path_factory):
+    """A bce VAE trained one epoch on grey images and evaluated on the grey test images
+    (data.binarize=none) and on binarised ones (dynamic: one fixed draw), in one eval sweep:
+    {binarize: (eval.json, report)}."""
+    log_dir = tmp_path_factory.mktemp("eval_bce") / "outputs"
+    _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
+                        "callbacks.latent_panels.every_n_epochs=0", "model.recon_loss=bce"))
+    (run_dir,) = run_dirs(log_dir)
+    checkpoint = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    _ok(run_entry_point("-m", f"ckpt_path={checkpoint}", f"paths.log_dir={log_dir}", f"eval.k={K}",
+                        "eval.n_samples=200", "data.binarize=none,dynamic", script="eval.py"))
+    out = {}
+    for path in log_dir.glob("evals/*/*_multi/*/eval.json"):
+        record = json.loads(path.read_text())
+        out[record["data/binarize"]] = (record, (path.parent / "report.md").read_text())
+    assert set(out) == {"none", "dynamic"}
+    return out
+
+
+@pytest.mark.slow
+def test_bce_nll_is_named_a_cross_entropy_on_grey_images_and_a_density_on_binarised_ones(bce_evaluated):
+    grey, grey_report = bce_evaluated["none"]
+    binary, binary_report = bce_evaluated["dynamic"]
+    assert grey["recon_loss"] == binary["recon_loss"] == "bce"
+    assert grey["test/nll_is_likelihood"] is False
+    assert grey["test/nll_measures"].startswith("a cross-entropy, not −log p(x)")
+    assert binary["test/nll_is_likelihood"] is True
+    assert binary["test/nll_measures"].startswith("−log p(x) in nats of the binarised images")
+    # The table's meaning of test/nll and the text under "How nll is estimated".
+    assert f"| `test/nll` | {grey['test/nll']:.3f} | **a cross-entropy, not −log p(x)** (see below)" in grey_report
+    assert "`test/nll_is_likelihood` = false" in grey_report and "cross-entropy with soft targets" in grey_report
+    assert f"| `test/nll` | {binary['test/nll']:.3f} | −log p(x), importance-sampled" in binary_report
+    assert "`test/nll_is_likelihood` = true" in binary_report and "cross-entropy" not in binary_report
+
+
+@pytest.mark.slow
+def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_are_binarised(bce_evaluated,
+                                                                                            shared_data_dir):
+    import torch
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.evaluation.classifier import LabelClassifier, grey_levels
+
+    grey, binary = bce_evaluated["none"][0], bce_evaluated["dynamic"][0]
+    classifier = LabelClassifier()
+    classifier.load_state_dict(torch.load(binary["classifier/path"], weights_only=True))
+
+    def test_images(binarize):
+        dm = MNISTDataModule(data_dir=str(shared_data_dir), source="local", val_size=128, binarize=binarize)
+        dm.load()
+        return grey_levels(dm.splits["test"][0])  # uint8 0..255, binarised ones 0/255
+
+    def confidence(images):
+        with torch.no_grad():
+            return float(torch.softmax(classifier(images), dim=1).max(dim=1).values.mean())
+
+    on_grey, on_binarised = confidence(test_images("none")), confidence(test_images("dynamic"))
+    # The same float32 computation as eval's: equal to ~1e-7. The toy classifier is nearly sure of
+    # both kinds of image (measured: 0.99982 on grey, 0.99964 on binarised), yet 100 times further apart.
+    assert abs(on_grey - on_binarised) > 1e-4
+    assert binary["completeness/test_confidence"] == pytest.approx(on_grey, abs=1e-6)
+    # The reference numbers do not depend on data.binarize: the same grey images judged.
+    for key in ("classifier/test_accuracy", "completeness/test_confidence", "completeness/test_class_coverage"):
+        assert binary[key] == grey[key], key

@@ -282,3 +282,51 @@ def test_plateau_lowers_the_rate_after_validations_without_improvement(data_dir)
                          enable_progress_bar=False, enable_model_summary=False)  # with the sanity check: not counted
     trainer.fit(module, datamodule=datamodule)
     assert module.optimizers().optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-6)
+
+
+# -- evaluation of the new objectives and likelihoods ----------------------------------------------
+
+TRAINED = {
+    "iwae-gaussian": ["model.objective=iwae", "model.k=3", "model.recon_loss=gaussian"],
+    "free_bits-cbernoulli": ["model.free_bits=0.5", "model.recon_loss=cbernoulli", "model.kl_schedule=linear"],
+}
+
+
+@pytest.fixture(scope="module")
+def evaluated_objectives(shared_data_dir, tmp_path_factory):
+    """Each of TRAINED trained one epoch and evaluated, in this process: {name: eval.json}."""
+    import json
+
+    root = tmp_path_factory.mktemp("objectives")
+    checkpoints = {}
+    for name, overrides in TRAINED.items():
+        log_dir = root / name
+        assert run_entry_point_in_process(*small_run_overrides(shared_data_dir, log_dir), *overrides, "logger=csv",
+                                          "trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0") == 0
+        (run_dir,) = run_dirs(log_dir)
+        checkpoints[name] = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    records = {}
+    for name, checkpoint in checkpoints.items():
+        assert run_entry_point_in_process(f"ckpt_path={checkpoint}", f"paths.log_dir={root / name}", "eval.k=50",
+                                          "eval.n_samples=100", "eval.max_images=60", script="eval.py") == 0
+        (path,) = (root / name).glob("evals/*/*/eval.json")
+        records[name] = json.loads(path.read_text())
+    return records
+
+
+def test_eval_scores_density_likelihoods_in_nats(evaluated_objectives):
+    for record in evaluated_objectives.values():
+        assert record["test/nll_is_likelihood"] is True and record["test/nll_constant"] == 0
+        # importance sampling tightens the bound: nll below nelbo, both finite
+        assert math.isfinite(record["test/nll"]) and record["test/nll"] <= record["test/nelbo"] + 0.5
+
+
+def test_eval_reports_the_objective_each_model_was_trained_on(evaluated_objectives):
+    iwae = evaluated_objectives["iwae-gaussian"]
+    assert iwae["objective"] == "iwae" and iwae["recon_loss"] == "gaussian"
+    # test/loss is the k = 3 bound (not recon + β·kl): between the k = 50 nll and the ELBO, up to noise
+    assert iwae["test/nll"] - 1 <= iwae["test/loss"] <= iwae["test/nelbo"] + 1
+    floored = evaluated_objectives["free_bits-cbernoulli"]
+    expected = floored["test/recon"] + sum(max(0.5, kl) for kl in floored["test/kl_per_dim"])  # β = 1 at the end
+    assert floored["test/loss"] == pytest.approx(expected, rel=1e-6)
+    assert floored["test/nelbo"] == pytest.approx(floored["test/recon"] + floored["test/kl"], rel=1e-6)

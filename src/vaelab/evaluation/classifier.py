@@ -1,8 +1,11 @@
 """A small label classifier that vaelab trains once per data set and caches, to judge decoded samples.
 
 It is a reference for *completeness* (see `regularity.py`): its confidence on decoded prior
-samples says how much they look like some class of the data. It is trained on the training
-split as grey levels in [0, 1] (the decoder's pixel means are grey levels too).
+samples says how much they look like some class of the data. The samples are the decoder's
+pixel means, grey levels in [0, 1], so the classifier is trained and tested on grey levels too:
+the training and test files as read (`ImageSet`), never binarised, whatever data.binarize is
+(a binarised image is another kind of image, on which its confidence differs). One classifier
+thus serves every run on a data set, binarised or not.
 """
 
 import hashlib
@@ -13,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vaelab.data import ImageSet
 from vaelab.evaluation.latent import batches
 from vaelab.files import atomic_write
 
@@ -32,12 +36,13 @@ class LabelClassifier(nn.Module):
         return self.net(x)
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div(255)
+def grey_levels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W) → float (N, 1, H, W) in [0, 1], the range of the decoder's pixel means."""
+    return images.unsqueeze(1).float().div(255)
 
 
 def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """A digest of the training images and labels: a new data set (or split) gets a new classifier."""
+    """A digest of the training images and labels: a new data set gets a new classifier."""
     digest = hashlib.sha1(images.contiguous().numpy().tobytes())
     digest.update(labels.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -45,7 +50,7 @@ def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, min_steps: int = 500,
                      batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu") -> LabelClassifier:
-    """Fit on uint8 images (N, H, W) with Adam; deterministic given `seed`.
+    """Fit on uint8 images (N, H, W), as grey levels in [0, 1], with Adam; deterministic given `seed`.
 
     At least `min_steps` steps: a small data set gets more epochs, or its classifier would be
     under-confident on real images and make every sample look implausible.
@@ -60,7 +65,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
         order = torch.randperm(len(x_all), generator=generator).to(device)
         for part in batches(len(order), batch_size):
             idx = order[part]
-            loss = nn.functional.cross_entropy(model(_unit(x_all[idx])), y_all[idx])
+            loss = nn.functional.cross_entropy(model(grey_levels(x_all[idx])), y_all[idx])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -69,15 +74,18 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of uint8 images (N, H, W), read as grey levels, whose label is the most probable class."""
     device = next(model.parameters()).device
-    correct = sum(int((model(_unit(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
+    correct = sum(int((model(grey_levels(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
                   for p in batches(len(images), 1000))
     return correct / len(images)
 
 
-def cached_classifier(splits: dict, cache_dir: Path, name: str, device: torch.device | str = "cpu") -> tuple[LabelClassifier, dict]:
-    """The classifier for these training images: loaded from `cache_dir` or trained there once."""
-    train_x, train_y = splits["train"]
+def cached_classifier(images: ImageSet, cache_dir: Path, name: str,
+                      device: torch.device | str = "cpu") -> tuple[LabelClassifier, dict]:
+    """The classifier of the training file of `images` (the files as read, never binarised): loaded
+    from `cache_dir` or trained there once; its accuracy on the grey test file goes in the record."""
+    train_x, train_y = images.train_images, images.train_labels
     path = Path(cache_dir) / f"{name}-{data_key(train_x, train_y)}.pt"
     model = LabelClassifier(train_x[0].numel())
     if path.is_file():
@@ -90,6 +98,5 @@ def cached_classifier(splits: dict, cache_dir: Path, name: str, device: torch.de
         with atomic_write(path, "wb") as f:  # another process never reads half a file
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
         cached = False
-    test_x, test_y = splits["test"]
     return model, {"classifier/path": str(path), "classifier/cached": cached,
-                   "classifier/test_accuracy": accuracy(model, test_x, test_y)}
+                   "classifier/test_accuracy": accuracy(model, images.test_images, images.test_labels)}

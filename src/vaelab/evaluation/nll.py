@@ -2,14 +2,24 @@
 
     log p(x) ≈ log (1/k) Σ_{j=1..k} w_j,   w_j = p(x|z_j) p(z_j) / q(z_j|x),   z_j ~ q(z|x)
 
-computed as logsumexp(log w) − log k, so no weight ever leaves float range. The estimate is
+computed as logsumexp(log w) − log k, so no weight ever leaves float range. For z = μ + σ·ε,
+log p(z) − log q(z|x) is taken from the noise ε (`log_prior_over_posterior`), as Burda et al. do:
+recomputing (z − μ)²/σ² from z loses the digits of ε when σ ≪ |μ|. The estimate is
 a lower bound on log p(x) for every k (in expectation) that tightens as k grows, and it is
 never below the ELBO estimate (1/k) Σ_j log w_j of the same samples (Jensen's inequality).
 
 The decoder likelihood log p(x|z) is the model's own (`vaelab.models.Likelihood`): −recon, the
-training term per image, up to a constant (0 for bce, ½·D·log π for mse). vaelab reports `nll`
-without that constant, on the same scale as `nelbo` (which omits it too), so the two compare
-directly; eval.json also stores the constant.
+training term per image, up to a constant (½·D·log π for mse, 0 for the others). vaelab reports
+`nll` without that constant, on the same scale as `nelbo` (which omits it too), so the two
+compare directly; eval.json also stores the constant.
+
+What nll then measures depends on the likelihood and the data (`nll_meaning`): −log p(x) of a
+normalised distribution (a density, or a probability mass for binary pixels), except for bce on
+grey levels. The Bernoulli p(x|z) = Π x'^x (1 − x')^(1−x) is a
+distribution over pixels in {0, 1} only; with grey targets x ∈ [0, 1] its −log is the
+cross-entropy with soft targets, which no density of x gives (exp(−cross-entropy) does not
+integrate to 1 over [0, 1]^D: the continuous Bernoulli's normaliser fixes that), so that nll is a
+cross-entropy, not comparable with published NLLs.
 """
 
 import math
@@ -17,21 +27,36 @@ from collections.abc import Callable
 
 import torch
 
+from vaelab.models.objectives import log_prior_over_posterior
 
-LOG_2PI = math.log(2 * math.pi)
+# What test/nll is, by likelihood kind (models.losses.RECON_LOSSES), whether or not the data are binarised.
+DENSITIES = {
+    "mse": "−log p(x) in nats under the Gaussian p(x|z) = N(x', ½·I), less the constant test/nll_constant = ½·D·log π",
+    "gaussian": "−log p(x) in nats under the Gaussian p(x|z) = N(x', σ²·I) with the decoder's σ: a density, no constant left out",
+    "cbernoulli": "−log p(x) in nats under the continuous Bernoulli p(x|z), a density on [0, 1]: no constant left out",
+}
+BERNOULLI_ON_BINARY = ("−log p(x) in nats of the binarised images under Bernoulli pixels (a probability mass): "
+                       "comparable with published NLLs on binarised data")
+BERNOULLI_ON_GREY = ("a cross-entropy, not −log p(x): on grey levels the Bernoulli −log p(x|z) is the cross-entropy "
+                     "with soft targets, the −log of no density; not comparable with published NLLs "
+                     "(data.binarize=dynamic or static makes it −log p(x))")
+
+
+def nll_meaning(kind: str, binarize: str) -> dict[str, bool | str]:
+    """eval.json's statement of what test/nll is, for likelihood `kind` on data with `data.binarize`:
+    test/nll_is_likelihood (whether it is −log p(x) of a normalised distribution, density or mass,
+    up to test/nll_constant; False: a cross-entropy) and test/nll_measures (one sentence)."""
+    if kind == "bce":
+        binary = binarize != "none"  # static or dynamic: pixels in {0, 1}
+        return {"test/nll_is_likelihood": binary, "test/nll_measures": BERNOULLI_ON_BINARY if binary else BERNOULLI_ON_GREY}
+    if kind in DENSITIES:
+        return {"test/nll_is_likelihood": True, "test/nll_measures": DENSITIES[kind]}
+    # A new likelihood must say what its nll is rather than borrow another's sentence.
+    raise ValueError(f"no statement of what test/nll measures for recon_loss={kind!r}; add one to {__name__}")
+
 
 # log p(x|z) up to the constant: takes codes (K, B, latent_dim) and images (B, ...), returns (K, B).
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I), summed over the last dimension."""
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)
-
-
-def diagonal_normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(dim=-1)
 
 
 @torch.no_grad()
@@ -59,9 +84,10 @@ def importance_sampled_nll(
     done = 0
     while done < k:
         n = min(chunk, k - done)
-        z = mu + std * torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # (n, B, latent_dim)
+        eps = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # (n, B, latent_dim)
+        z = mu + std * eps
         log_px_z = log_likelihood(z, x)  # (n, B)
-        log_w = log_px_z + standard_normal_log_prob(z) - diagonal_normal_log_prob(z, mu, logvar)
+        log_w = log_px_z + log_prior_over_posterior(z, eps, logvar)
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         sum_log_w += log_w.sum(dim=0)
         sum_log_px_z += log_px_z.sum(dim=0)

@@ -20,6 +20,8 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 def write_report(path: Path, r: dict[str, Any]) -> None:
     has_density = "test/nll" in r  # a model with a prior and a stochastic encoder (a VAE)
+    # bce on grey levels: test/nll is a cross-entropy, −log of no normalised p(x) (evaluation/nll.py)
+    is_likelihood = r.get("test/nll_is_likelihood", True)
     beta = f", β={r['beta']:g}" if r.get("beta") is not None else ""
     lines = [f"# Evaluation of `{r['checkpoint']}`", "",
              f"Model: **{r['model']}**, latent_dim={r['latent_dim']}{beta}, recon_loss={r['recon_loss']}. "
@@ -30,12 +32,13 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
         "recon": "reconstruction term, summed over pixels"
                  + (f", averaged over the {r['eval/k']} samples of q(z|x)" if has_density else ""),
         "kl": "KL[q(z|x) ‖ N(0, I)], exact",
-        "nelbo": "recon + kl: the negative ELBO, an upper bound on −log p(x)",
+        "nelbo": "recon + kl: the negative ELBO, an upper bound on " + ("−log p(x)" if is_likelihood else "test/nll"),
         "loss": "what training optimised" + (f" (recon + β·kl, β={r['beta']:g})" if r.get("beta") is not None else ""),
     }
     rows = [(f"test/{term}", _num(r[f"test/{term}"]), meanings.get(term, "")) for term in r["terms"]]
     if has_density:
-        rows += [("test/nll", _num(r["test/nll"]), f"−log p(x), importance-sampled with k={r['eval/k']}"),
+        nll_is = "−log p(x)" if is_likelihood else "**a cross-entropy, not −log p(x)** (see below)"
+        rows += [("test/nll", _num(r["test/nll"]), f"{nll_is}, importance-sampled with k={r['eval/k']}"),
                  ("test/nll_gap", _num(r["test/nll_gap"]), "nelbo − nll ≥ 0: how loose the bound is")]
     lines += _table(rows)
     if has_density:
@@ -45,16 +48,23 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                   "(Burda et al. 2015), accumulated in chunks so memory does not grow with k. "
                   f"Here nll = {_num(r['test/nll'])} {'≤' if r['test/nll_gap'] >= 0 else '> (an estimate off by noise)'} "
                   f"nelbo = {_num(r['test/nelbo'])} (gap {_num(r['test/nll_gap'])} nats); "
-                  f"the ELBO of the very same samples is {_num(r['test/nelbo_same_samples'])}."]
+                  f"the ELBO of the very same samples is {_num(r['test/nelbo_same_samples'])}.",
+                  "", f"**What nll measures** (`test/nll_is_likelihood` = {str(is_likelihood).lower()}): "
+                  f"{r['test/nll_measures']}."]
         if r["recon_loss"] == "mse":
             lines += ["", "The mse decoder is read as a Gaussian p(x|z) = N(x', σ² I) with σ² = ½, since "
                       "−log N(x; x', σ² I) = ‖x − x'‖²/(2σ²) + (D/2)·log(2πσ²) = ‖x − x'‖² + ½·D·log π. "
                       "nll and nelbo above leave out the constant ½·D·log π = "
                       f"{constant:.2f} nats, like the training metrics; the Gaussian's full negative log-density is "
                       f"nll + {constant:.2f} = {r['test/nll'] + constant:.2f} nats."]
-        else:
-            lines += ["", "The bce decoder is a Bernoulli likelihood: nll is in nats, comparable with published "
-                      "numbers when the data are binarised (data.binarize)."]
+        elif r["recon_loss"] == "bce" and not is_likelihood:
+            lines += ["", "The bce decoder is a Bernoulli likelihood, a distribution over pixels in {0, 1}. These "
+                      f"test images are grey levels (binarize={r.get('data/binarize')}), so its −log p(x|z) = "
+                      "−Σ [x·log x' + (1 − x)·log(1 − x')] is the cross-entropy with soft targets x, the −log of "
+                      "no density of x (exp(−cross-entropy) does not integrate to 1 over grey images; the continuous "
+                      "Bernoulli's normaliser is what fixes that): nll here is a cross-entropy, lower for "
+                      "better models of these data but not comparable with published NLLs. Train and evaluate with "
+                      "data.binarize=dynamic (or static) for −log p(x) in nats."]
     else:
         lines += ["", f"**Not applicable to model={r['model']}:**", "", *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items())]
 
@@ -71,18 +81,21 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                        ("continuity/random_change_per_unit", _num(r.get("continuity/random_change_per_unit")), "random direction"),
                        ("continuity/neighbour_change_per_unit", _num(r.get("continuity/neighbour_change_per_unit")), "towards the nearest test code"),
                        ("continuity/ratio", _num(r.get("continuity/ratio")), "random / neighbour")])]
-    rows = [("completeness/test_confidence", _num(r["completeness/test_confidence"]), "real test images (the reference)"),
+    rows = [("completeness/test_confidence", _num(r["completeness/test_confidence"]), "real grey test images, never binarised (the reference)"),
             ("completeness/prior_confidence", _num(r["completeness/prior_confidence"]), "decoded z ~ N(0, I)"),
             ("completeness/prior_class_coverage", _num(r["completeness/prior_class_coverage"]), "of 10: how many classes the samples spread over")]
     if "completeness/fitted_gaussian_confidence" in r:
         rows += [("completeness/fitted_gaussian_confidence", _num(r["completeness/fitted_gaussian_confidence"]), "decoded z ~ N(m, C) fitted to the AE's codes"),
                  ("completeness/fitted_gaussian_class_coverage", _num(r["completeness/fitted_gaussian_class_coverage"]), "of 10")]
     lines += ["", "### Completeness", "",
-              "Do decoded prior samples look like data? A small classifier, trained once on the same training split "
+              "Do decoded prior samples look like data? A small classifier, trained once on the same training file "
               f"and cached (test accuracy {_num(r['classifier/test_accuracy'])}), judges them: the mean max-softmax "
               "confidence, and the class coverage exp(H(mean predicted distribution)). Confidence was chosen over a "
               "Fréchet distance of classifier features: it is unbiased with a thousand samples and reads on a fixed "
-              "scale (0.1 to 1).", "", *_table(rows)]
+              "scale (0.1 to 1). The decoded samples are pixel means, grey levels in [0, 1]; the classifier is "
+              "trained, and its reference numbers (test accuracy, `completeness/test_*`) are measured, on grey "
+              f"images too: the test images before any binarisation (here binarize={r.get('data/binarize')}), "
+              "so that the reference compares like with like.", "", *_table(rows)]
     lines += ["", "## Panels", ""]
     for name, file in r["panels"].items():
         lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]

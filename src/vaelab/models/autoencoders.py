@@ -87,6 +87,7 @@ class Autoencoder(nn.Module):
     name: ClassVar[str]
     terms: ClassVar[tuple[str, ...]]  # logged as {stage}/{term}, in this order; "loss" is optimised
     not_applicable: ClassVar[dict[str, str]] = {}  # evaluation terms this type has not, and why
+    loss_from_means: bool = True  # `combine` makes `loss` from the mean terms (not so for the IWAE bound)
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",

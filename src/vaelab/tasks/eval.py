@@ -15,9 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from vaelab.config import task_overrides, training_data_config
-from vaelab.evaluation.classifier import cached_classifier
+from vaelab.evaluation.classifier import cached_classifier, grey_levels
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
-from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood
+from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood, nll_meaning
 from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
@@ -44,6 +44,8 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> 
     With a stochastic encoder, recon is averaged over the eval.k samples of q(z|x) (the same
     expectation as training's single-sample test/recon, with far less noise) and the KL is
     exact, so nelbo ≥ nll up to the estimate's tiny error. A deterministic code's recon is exact.
+    What nll is (−log p(x), or a cross-entropy for bce on grey levels) is stated
+    beside it: test/nll_is_likelihood, test/nll_measures (`nll_meaning`).
     """
     codes = encode(model, x, batch_size=cfg.eval.batch_size)
     if "kl" not in model.terms:  # a deterministic code: the model's own losses are exact
@@ -52,6 +54,7 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> 
             for term, value in model.losses(x[part]).items():
                 sums[term] += float(value) * (part.stop - part.start)
         return {f"test/{term}": total / len(x) for term, total in sums.items()}, codes
+    meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize)  # first: an unknown kind fails before the work
     log_likelihood = model_log_likelihood(model)
     sums = {"nll": 0.0, "nelbo": 0.0, "recon": 0.0}
     for part in batches(len(x), cfg.eval.batch_size):
@@ -61,14 +64,26 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> 
             sums[key] += float(estimate[key].double().sum())
     n = len(x)
     kl_dims = kl_per_dim(codes)
-    terms = model.combine({"recon": torch.tensor(sums["recon"] / n, dtype=torch.float64), "kl": kl_dims.double().sum().cpu()})
+    terms = model.combine({"recon": torch.tensor(sums["recon"] / n, dtype=torch.float64), "kl_per_dim": kl_dims.double().cpu()})
+    if not model.loss_from_means:  # e.g. the IWAE bound: the model's own loss, averaged over the test images
+        terms["loss"] = torch.tensor(sum(float(model.losses(x[part])["loss"]) * (part.stop - part.start)
+                                         for part in batches(n, cfg.eval.batch_size)) / n, dtype=torch.float64)
     nll = sums["nll"] / n
     return {
         **{f"test/{k}": float(v) for k, v in terms.items()},
         "test/nll": nll, "test/nll_gap": float(terms["nelbo"]) - nll, "test/nelbo_same_samples": sums["nelbo"] / n,
-        "test/nll_constant": model.likelihood.constant(x[0].numel()),
+        "test/nll_constant": model.likelihood.constant(x[0].numel()), **meaning,
         "test/kl_per_dim": [float(v) for v in kl_dims],
     }, codes
+
+
+def grey_test_images(datamodule, n: int) -> torch.Tensor:
+    """The first `n` test images as grey levels in [0, 1] (N, 1, H, W), before any binarisation.
+
+    The test split keeps the test file's order, so these are the images of the first n of the
+    split, as the decoder's pixel means are: the reference for judging decoded samples.
+    """
+    return grey_levels(datamodule.images.test_images[:n])
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -93,7 +108,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     x, labels = datamodule.on_after_batch_transfer((images.to(device), labels.to(device)), 0)
 
     record: dict[str, Any] = {"checkpoint": str(ckpt_path.resolve()), "model": model.name, "terms": list(model.terms),
-                              "beta": getattr(model, "beta", None), "latent_dim": model.latent_dim,
+                              "beta": getattr(model, "beta", None), "objective": getattr(model, "objective", None),
+                              "latent_dim": model.latent_dim,
                               "recon_loss": model.likelihood.kind, "eval/k": int(cfg.eval.k), "eval/images": len(x),
                               "data_config": data_from, **data_info}
     metrics, codes = likelihood_metrics(model, x, cfg)
@@ -105,9 +121,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
     some = Codes(*(None if c is None else c[: cfg.eval.n_codes] for c in codes))
     record.update(continuity(model, some.mu, generator))
-    classifier, classifier_info = cached_classifier(datamodule.splits, Path(cfg.eval.classifier_dir), datamodule.name, device)
+    classifier, classifier_info = cached_classifier(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name, device)
     record.update(classifier_info)
-    record.update(completeness(model, classifier, some, model.likelihood.to_unit(x[: cfg.eval.n_codes]),
+    # The reference: grey test images, not x (binarised when data.binarize is set), since the
+    # samples judged beside them are pixel means, grey levels.
+    record.update(completeness(model, classifier, some, grey_test_images(datamodule, len(some.mu)),
                                cfg.eval.n_samples, generator))
 
     panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed)

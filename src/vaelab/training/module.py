@@ -67,10 +67,6 @@ class LitAutoencoder(pl.LightningModule):
         self.last_step_values: dict[str, float] = {}  # train/<term>_step at the last logging interval
         self._scheduler_per_step = False  # set in configure_optimizers
 
-    @property
-    def _parameters_list(self) -> list[torch.nn.Parameter]:
-        return list(self.parameters())
-
     def forward(self, x: torch.Tensor):
         return self.model(x)
 
@@ -142,7 +138,8 @@ class LitAutoencoder(pl.LightningModule):
         log.info("training step: %s", "one CUDA graph per step" if reason is None else f"eager ({reason})")
 
     def _clip_gradients(self) -> None:
-        clip_gradients(self._parameters_list, self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm)
+        if self.hparams.gradient_clip_val:
+            clip_gradients(list(self.parameters()), self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm)
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
@@ -151,7 +148,7 @@ class LitAutoencoder(pl.LightningModule):
             self.model.advance(self.global_step, self.trainer.num_training_batches)
         if self._graph is None and self._graph_wanted:
             self._counted_step = CountedStep(optimizer)
-            self._graph = CudaGraphStep(self._training_losses, self._parameters_list, optimizer.optimizer,
+            self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
                                         x, accumulators=[self._sum_buffer("train")],
                                         before_optimizer_step=self._clip_gradients)
         if self._graph is not None and self._graph.applies_to(x):
