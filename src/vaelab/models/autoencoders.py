@@ -213,8 +213,9 @@ class VAE(Autoencoder):
         if self.schedule.varies:
             # Device tensors that `advance` fills in place before each step, so that a replayed CUDA
             # graph reads the new values (a Python float would be recorded once, as a constant).
-            self.register_buffer("kl_weight", torch.tensor(0.0), persistent=False)
-            self.register_buffer("kl_target", torch.tensor(0.0), persistent=False)
+            at_start = self.scheduled_values(0, 1)
+            self.register_buffer("kl_weight", torch.tensor(at_start["beta"]), persistent=False)
+            self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0)), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""

@@ -201,8 +201,9 @@ class LitAutoencoder(pl.LightningModule):
         scheduled = self.optimizer_settings.get("scheduler", "constant") != "constant"
         optimizer = make_optimizer(self.parameters(), self.hparams.lr, self.device, capturable=capturable,
                                    tensor_lr=capturable and scheduled)
-        scheduler = make_lr_scheduler(optimizer, self.optimizer_settings, self.hparams.lr,
-                                      total_steps=self.trainer.estimated_stepping_batches)
+        # Only the cosine needs the run's length (Lightning sets up the train loader to count it).
+        total_steps = self.trainer.estimated_stepping_batches if self.optimizer_settings.get("scheduler") == "cosine" else 0
+        scheduler = make_lr_scheduler(optimizer, self.optimizer_settings, self.hparams.lr, total_steps=total_steps)
         self._scheduler_per_step = steps_per_batch(scheduler)
         # Lightning saves and restores the scheduler's state with the checkpoint; stepping it is ours.
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
