@@ -179,3 +179,11 @@ def test_mlp_vae_has_the_pytorch_examples_parameter_count():
     assert _count(vae.decoder) == 20 * 400 + 400 + 400 * 784 + 784
     total = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
     assert _count(vae) == total == 652_824
+
+
+@pytest.mark.parametrize(("net", "parameters"), [("mlp", 784 * 400 + 400), ("conv", 32 * 9 + 32 + 64 * 32 * 9 + 64)])
+def test_each_net_has_its_own_default_widths(net, parameters):
+    """model.hidden_dims=null: [400] for the MLP, channels [32, 64] for the conv net (one 400-channel
+    conv layer would give 78,400-wide heads)."""
+    model = build_model("vae", MNIST, latent_dim=2, net=net, hidden_dims=None)
+    assert sum(p.numel() for p in model.encoder.parameters()) == parameters
