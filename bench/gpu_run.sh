@@ -31,3 +31,7 @@ if [ -d .base ]; then
   PYTHONPATH=$SITE$PWD/.base/src timeout 300 python3 .base/bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 \
     --loops graph vaelab "$@" 2>&1 | tee "$OUT/bench_gpu_base.log"
 fi
+# The quality protocol on the GPU (QUALITY=1 bash bench/gpu_run.sh): about 4 minutes on an H200.
+if [ "${QUALITY:-0}" = 1 ]; then
+  timeout 540 python3 bench/quality.py --out "$OUT/quality.md" 2>&1 | tee "$OUT/quality.log"
+fi
