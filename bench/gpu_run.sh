@@ -5,6 +5,9 @@
 # an earlier tree in .base/ (git archive <commit> | tar -x -C .base), its default loop is timed
 # in the same invocation, for a before/after ratio on the same machine.
 # Each step runs under its own timeout and writes its log to $OUT as it goes.
+# To fit a short lease: BATCH_SIZES="128" (default "128 1024"), LOOPS="graph vaelab", DEFAULT_RUNS=0 skips the two
+# 3-epoch train.py runs, QUALITY=1 adds the quality protocol (about 4 minutes on an H200),
+# run before the epoch timings so that a lease that runs out loses the timings first.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -16,22 +19,24 @@ fi
 export PYTHONPATH=$SITE$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py 2>&1 | tail -4 | tee "$OUT/pytest_gpu.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
+BATCH_SIZES=${BATCH_SIZES:-128 1024}
+LOOPS=${LOOPS:-plain graph vaelab vaelab-eager}
 # A full default run (validation, checkpoints, panels, test) with and without the graph.
-for graph in true false; do
+[ "${DEFAULT_RUNS:-1}" = 1 ] && for graph in true false; do
   timeout 180 python3 train.py data=fashion_mnist data.system_dir="$PWD/.bench-data" data.data_dir=/tmp/gpu-data logger=csv \
     trainer.max_epochs=3 trainer.enable_progress_bar=false model.cuda_graph=$graph \
     hydra.run.dir="$OUT/train_graph_$graph" >"$OUT/train_graph_$graph.log" 2>&1
   echo "cuda_graph=$graph: exit $? $(grep -o '"test/loss": [0-9.]*' "$OUT/train_graph_$graph/metrics.json" 2>/dev/null) $(grep -o 'training step: .*' "$OUT/train_graph_$graph.log" | head -1)" | tee -a "$OUT/train_default.log"
 done
 rm -rf "$OUT"/train_graph_*/checkpoints "$OUT"/train_graph_*/images  # only the logs come back
-timeout 420 python3 bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 --loops plain graph vaelab vaelab-eager "$@" 2>&1 | tee "$OUT/bench_gpu.log"
-if [ -d .base ]; then
-  PYTHONPATH=$SITE$PWD/.base/src timeout 300 python3 .base/bench/bench_epoch.py --batch-sizes 128 1024 --epochs 2 \
-    --loops graph vaelab "$@" 2>&1 | tee "$OUT/bench_gpu_base.log"
-fi
 # The quality protocol on the GPU (QUALITY=1 bash bench/gpu_run.sh): about 4 minutes on an H200.
 if [ "${QUALITY:-0}" = 1 ]; then
   timeout 540 python3 bench/quality.py --out "$OUT/quality.md" 2>&1 | tee "$OUT/quality.log"
+fi
+timeout 420 python3 bench/bench_epoch.py --batch-sizes $BATCH_SIZES --epochs 2 --loops $LOOPS "$@" 2>&1 | tee "$OUT/bench_gpu.log"
+if [ -d .base ]; then
+  PYTHONPATH=$SITE$PWD/.base/src timeout 300 python3 .base/bench/bench_epoch.py --batch-sizes $BATCH_SIZES --epochs 2 \
+    --loops $(echo $LOOPS | tr " " "\n" | grep -xE "graph|vaelab" | tr "\n" " ") "$@" 2>&1 | tee "$OUT/bench_gpu_base.log"
 fi
