@@ -18,5 +18,8 @@ train: $(VENV)/.installed
 	$(PY) train.py $(ARGS)
 
 # pytest exits 5 when it collects no test: make treats that as a failure like any other.
+# PYTEST_WORKERS processes share the tests file by file (pytest-xdist), each torch with one
+# thread: two multi-threaded trainings on two cores run several times slower than one at a time.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

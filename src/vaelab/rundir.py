@@ -1,16 +1,20 @@
 """Run directories: the record a run leaves (metrics.json), which process owns it, and never
 writing over an earlier run."""
 
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from vaelab.errors import ConfigError
 from vaelab.files import write_json
 
 METRICS_FILE = "metrics.json"  # what train.py leaves in a run directory
 EVAL_FILE = "eval.json"  # what eval.py leaves in an evaluation directory
+LOCK_FILE = ".vaelab.lock"  # held by the one process that writes a run directory
+
+_held_locks: dict[Path, IO] = {}  # open for the life of the process: the OS releases them when it ends
 
 
 def is_relaunched_rank() -> bool:
@@ -42,9 +46,27 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     return write_json(Path(run_dir) / METRICS_FILE, record)
 
 
+def is_requeued_job() -> bool:
+    """A SLURM job that SLURM (or submitit) started again after preempting it."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
+def interrupted_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint an interrupted run in `run_dir` left to be resumed from, if any."""
+    record = read_record(run_dir) or {}
+    path = record.get("resume_checkpoint")
+    if record.get("status") == "interrupted" and path and Path(path).is_file():
+        return Path(path)
+    return None
+
+
 def refuse_earlier_run(run_dir: Path) -> None:
-    """Raise ConfigError if `run_dir` already holds the results of another run."""
-    if is_relaunched_rank():
+    """Raise ConfigError if `run_dir` already holds the results of another run.
+
+    The one exception: a requeued SLURM job finds its own interrupted run there, and resumes it
+    in place (vaelab.tasks.train).
+    """
+    if is_relaunched_rank() or (is_requeued_job() and interrupted_checkpoint(run_dir) is not None):
         return
     earlier = [p.name for p in (Path(run_dir) / METRICS_FILE, Path(run_dir) / "checkpoints") if p.exists()]
     if earlier:
@@ -52,3 +74,39 @@ def refuse_earlier_run(run_dir: Path) -> None:
             f"{run_dir} already holds an earlier run ({', '.join(earlier)}); it is left untouched. "
             f"Choose another hydra.run.dir or leave it out"
         )
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Make this process the one writer of `run_dir` until it exits; ConfigError if another holds it.
+
+    An advisory lock (flock) on a file in the directory: the OS drops it when the holder ends,
+    kill -9 too, so a stale lock never blocks a later run.
+    """
+    if is_relaunched_rank():  # DDP's other ranks write into rank 0's directory
+        return
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held_locks:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{run_dir} is being written by {holder}; two runs cannot share a run directory. "
+                          f"Choose another hydra.run.dir or leave it out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"vaelab process {os.getpid()}\n")
+    handle.flush()
+    _held_locks[run_dir] = handle
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Let go of `run_dir` (the run is over) and remove the lock file, so the directory holds only results."""
+    handle = _held_locks.pop(Path(run_dir).resolve(), None)
+    if handle is not None:
+        Path(handle.name).unlink(missing_ok=True)
+        handle.close()

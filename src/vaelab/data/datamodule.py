@@ -123,9 +123,12 @@ class MNISTDataModule(pl.LightningDataModule):
             images, labels = self.splits[split]
             self._on_device[key] = (images.to(device), labels.to(device))
         images, labels = self._on_device[key]
+        # The batches of this epoch trained on so far: what a mid-epoch checkpoint resumes after.
+        batches_done = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed) if train and trainer else None
         # Every rank must draw the same permutation; seed_everything gives them the same seed.
         return TensorBatchLoader(images, labels, self.batch_size // world_size, shuffle=train,
-                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train)
+                                 rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train,
+                                 batches_done=batches_done)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", train=True)

@@ -1,6 +1,7 @@
 """Batches cut from tensors by indexing, instead of one image at a time through a Dataset."""
 
 import math
+from typing import Callable, Optional
 
 import torch
 
@@ -22,6 +23,12 @@ class TensorBatchLoader:
     by (seed, epoch), the same on every rank; for training it is padded by repeating its start
     so all ranks take the same number of steps, and rank r takes every world_size-th index from r.
     Evaluation (`pad=False`) shards without padding, so every image is counted exactly once.
+
+    Resumable: `state_dict` holds the epoch and the batches that `batches_done()` says were
+    trained on (Lightning saves it in every checkpoint and hands it back on resume), so a run
+    resumed from a mid-epoch checkpoint takes the rest of that epoch's permutation, not all of it.
+    The count comes from the trainer, not from what this loader yielded: Lightning fetches a
+    batch ahead.
     """
 
     def __init__(
@@ -35,6 +42,7 @@ class TensorBatchLoader:
         seed: int = 0,
         pad: bool = True,
         drop_last: bool = False,
+        batches_done: Optional[Callable[[], int]] = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
@@ -43,6 +51,8 @@ class TensorBatchLoader:
         self.rank, self.world_size, self.seed, self.pad = rank, world_size, seed, pad
         self.sampler = EpochSeed()
         self.batch_sampler = None  # Lightning inspects these two attributes of any loader
+        self.batches_done = batches_done
+        self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches already trained on)
 
     def _num_samples(self) -> int:
         n = len(self.images)
@@ -71,11 +81,22 @@ class TensorBatchLoader:
             order = order.repeat(repeats)[:total]
         return order[self.rank :: self.world_size]
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done() if self.batches_done else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
     def __iter__(self):
+        first = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            first = done if epoch == self.sampler.epoch else 0
         # One gather per epoch into this epoch's order, then every batch is a slice (a view):
         # no kernel launch per step, which matters when the step itself is one CUDA graph.
         order = self.indices().to(self.images.device, non_blocking=True)
         images, labels = self.images[order], self.labels[order]
         size = self.batch_size
-        for start in range(0, self.num_batches() * size, size):
+        for start in range(first * size, self.num_batches() * size, size):
             yield images[start : start + size], labels[start : start + size]

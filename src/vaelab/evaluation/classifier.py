@@ -81,12 +81,17 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return correct / len(images)
 
 
+def cache_path(images: ImageSet, cache_dir: Path, name: str) -> Path:
+    """Where the classifier of the training file of `images` is cached (or will be, once trained)."""
+    return Path(cache_dir) / f"{name}-{data_key(images.train_images, images.train_labels)}.pt"
+
+
 def cached_classifier(images: ImageSet, cache_dir: Path, name: str,
                       device: torch.device | str = "cpu") -> tuple[LabelClassifier, dict]:
     """The classifier of the training file of `images` (the files as read, never binarised): loaded
     from `cache_dir` or trained there once; its accuracy on the grey test file goes in the record."""
     train_x, train_y = images.train_images, images.train_labels
-    path = Path(cache_dir) / f"{name}-{data_key(train_x, train_y)}.pt"
+    path = cache_path(images, cache_dir, name)
     model = LabelClassifier(train_x[0].numel())
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

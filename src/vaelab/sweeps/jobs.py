@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
-from vaelab.errors import VaelabError
+from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import METRICS_FILE, is_rank_zero_process, read_record, write_record
 
 log = logging.getLogger("vaelab")
@@ -165,6 +165,12 @@ def run_sweep_job(check: Callable[[DictConfig], None], task: Callable[[DictConfi
         if needs_own_process(cfg):
             return run_in_own_process(cfg, entry_point)
         return task(cfg)
+    except RunInterrupted as err:
+        # A preempted sweep starts no further job: the job's metrics.json says "interrupted",
+        # and the sweep's process ends with the signal's exit code for the scheduler to see.
+        log.error("job interrupted: %s; the sweep stops here", err)
+        _finish_stray_wandb_run()
+        sys.exit(err.exit_code)
     except Exception as err:
         if not is_rank_zero_process():
             raise

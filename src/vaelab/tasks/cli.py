@@ -4,15 +4,16 @@ into one clear line."""
 import functools
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
-from vaelab.rundir import is_relaunched_rank, refuse_earlier_run
+from vaelab.rundir import is_relaunched_rank, lock_run_dir, refuse_earlier_run
 from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record_failure, run_sweep_job
 
 log = logging.getLogger("vaelab")
@@ -35,8 +36,42 @@ def silence_known_noise() -> None:
         logging.getLogger(name).addFilter(_DropFragments())
 
 
+# Directories that Hydra creates, and writes its log file into, before the task function runs.
+_HYDRA_WRITES = ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir")
+
+
+def unwritable_dir(path: Path) -> Optional[Path]:
+    """What keeps this process from creating or writing into the directory `path`: `path`
+    itself, or the nearest existing folder above it (where it would be created); None if nothing."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return existing
+
+
+def refuse_unwritable_run_dir(argv: list[str]) -> None:
+    """Exit with one line, before Hydra starts, if an explicit `hydra.run.dir` (or `hydra.sweep.dir`,
+    or the `paths.log_dir` they are under) cannot be created or written: Hydra would fail in its
+    logging setup with a page of traceback."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        key, value = key.lstrip("+"), value.strip("\"'")
+        if key not in _HYDRA_WRITES or not value or "${" in value:
+            continue
+        blocked = unwritable_dir(Path(value))
+        if blocked is not None:
+            why = "is not writable by this user" if blocked.is_dir() else "is a file"
+            where = "" if blocked == Path(value).absolute() else f" cannot be created: {blocked}"
+            print(f"error: {key}={value}{where} {why}; give a {key} that you can write to, or leave it out",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 def refuse_used_run_dir(argv: list[str]) -> None:
-    """Exit before Hydra writes `.hydra/` if an explicit `hydra.run.dir` holds an earlier run.
+    """Exit before Hydra writes `.hydra/` if an explicit `hydra.run.dir` holds an earlier run or
+    another process is writing it; otherwise this process holds it from now on.
 
     Default run directories are unique to the microsecond; only an explicit one can collide.
     """
@@ -45,6 +80,8 @@ def refuse_used_run_dir(argv: list[str]) -> None:
         if key.lstrip("+") == "hydra.run.dir" and value:
             try:
                 refuse_earlier_run(Path(value.strip("\"'")))
+                # Before Hydra writes .hydra/ there: a second run given the same directory stops here.
+                lock_run_dir(Path(value.strip("\"'")))
             except VaelabError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
@@ -69,6 +106,10 @@ def report_errors(check: Callable[[DictConfig], None]):
             try:
                 check(cfg)
                 return task(cfg)
+            except KeyboardInterrupt:  # before the fit (during it, the Preemption callback stops it)
+                if not is_relaunched_rank():
+                    log.error("interrupted (SIGINT) before training started; nothing was trained or saved")
+                sys.exit(128 + signal.SIGINT)
             except Exception as err:
                 if is_sweep_job():  # the own process of a multi-device sweep job: the sweep reads this
                     record_failure(cfg, describe_error(err))
@@ -76,7 +117,7 @@ def report_errors(check: Callable[[DictConfig], None]):
                     raise
                 if not is_relaunched_rank():
                     log.error("%s", err)
-                sys.exit(2)
+                sys.exit(getattr(err, "exit_code", 2))  # 2, or 128 + signal for an interrupted run
 
         return wrapper
 

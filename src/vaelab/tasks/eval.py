@@ -14,8 +14,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from vaelab.config import task_overrides, training_data_config
-from vaelab.evaluation.classifier import cached_classifier, grey_levels
+from vaelab.checkpoints import read_checkpoint
+from vaelab.config import refuse, task_overrides, training_data_config
+from vaelab.errors import CheckpointError
+from vaelab.evaluation.classifier import cache_path, cached_classifier, grey_levels
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
 from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood, nll_meaning
 from vaelab.evaluation.panels import make_panels, save_panels
@@ -25,6 +27,7 @@ from vaelab.files import write_json
 from vaelab.models import Autoencoder, Codes
 from vaelab.rundir import EVAL_FILE
 from vaelab.tasks.build import build
+from vaelab.tasks.cli import unwritable_dir
 from vaelab.training import LitAutoencoder
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,35 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def load_model(ckpt_path: Path, device: torch.device) -> Autoencoder:
+    """The model of a vaelab checkpoint, read with weights_only=True (vaelab.checkpoints): no code
+    in the file is run. CheckpointError (one line) for a file that is not a readable, safe
+    checkpoint or whose weights do not fit the model its hyperparameters describe."""
+    checkpoint = read_checkpoint(ckpt_path, map_location="cpu")
+    try:
+        module = LitAutoencoder(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(f"{ckpt_path} is a vaelab checkpoint whose weights do not fit the model its "
+                              f"hyperparameters describe ({reason}); evaluate it with the vaelab version that "
+                              f"wrote it") from None
+    return module.model.to(device).eval()
+
+
+def check_classifier_cache(path: Path) -> None:
+    """Refuse, before any evaluation, a reference classifier that is not cached yet and could not
+    be saved once trained (eval.classifier_dir is not writable)."""
+    if path.is_file():
+        return  # cached: only read
+    blocked = unwritable_dir(path.parent)
+    if blocked is not None:
+        why = "is not writable by this user" if blocked.is_dir() else "is a file"
+        refuse("eval.classifier_dir", str(path.parent), f"a directory that this user can write ({blocked} {why}): "
+               f"the reference classifier of these data is not cached there yet, so eval trains it and saves it there; "
+               f"give eval.classifier_dir=<a folder of yours>")
 
 
 @torch.no_grad()
@@ -100,7 +132,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.data = data
     datamodule = build("data", cfg.data)
     data_info = datamodule.load()
-    model: Autoencoder = LitAutoencoder.load_from_checkpoint(ckpt_path, map_location=device).model.eval()
+    classifier_path = cache_path(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name)
+    check_classifier_cache(classifier_path)  # before the minutes of evaluation that come before it
+    model = load_model(ckpt_path, device)
 
     images, labels = datamodule.splits["test"]
     if cfg.eval.max_images:

@@ -7,16 +7,19 @@ Trainer.fit → test on the best checkpoint → metrics.json → the optimised m
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.errors import VaelabError
-from vaelab.rundir import refuse_earlier_run, write_record
+from vaelab.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpoint
+from vaelab.errors import RunInterrupted, VaelabError
+from vaelab.rundir import (interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir, refuse_earlier_run,
+                           release_run_dir, write_record)
 from vaelab.tasks.build import build, build_each
-from vaelab.training.callbacks import BestEpochMetrics
+from vaelab.training.callbacks import BestEpochMetrics, Preemption
 from vaelab.training.loggers import finish_loggers, log_hyperparameters
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,38 @@ log = logging.getLogger(__name__)
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+def _stopped_by_signal(err: BaseException, callbacks: list[pl.Callback]) -> Optional[Preemption]:
+    preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+    if preemption is not None and preemption.signal is not None and isinstance(err, (SystemExit, KeyboardInterrupt)):
+        return preemption
+    return None
+
+
+def _write_record_keeping_the_error(run_dir: Path, record: dict[str, Any], failing: bool) -> None:
+    """metrics.json; when the run is already failing (a full disk, say), a second error in writing
+    the record is logged, so that the first one is what the user reads."""
+    try:
+        write_record(run_dir, record)
+    except OSError as err:
+        if not failing:
+            raise
+        log.error("metrics.json could not be written either: %s", err)
+
+
+def _resume_in_place(run_dir: Path) -> Optional[str]:
+    """The interrupted checkpoint of this run directory when SLURM started this job again after
+    preempting it (same command, same directory), else None."""
+    checkpoint = interrupted_checkpoint(run_dir) if is_requeued_job() else None
+    if checkpoint is None:
+        return None
+    restart = os.environ["SLURM_RESTART_COUNT"]
+    log.info("requeued by SLURM (restart %s): resuming in place from %s", restart, checkpoint)
+    if is_rank_zero_process():
+        for csv_file in run_dir.glob("csv/metrics.csv"):  # Lightning's CSVLogger would delete it
+            csv_file.rename(csv_file.with_name(f"metrics.until_restart{restart}.csv"))
+    return str(checkpoint)
 
 
 def run(cfg: DictConfig) -> Optional[float]:
@@ -34,7 +69,7 @@ def run(cfg: DictConfig) -> Optional[float]:
              cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.get("beta"), cfg.model.lr, cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
     refuse_earlier_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Resolve (and download) the data before the Trainer exists: DDP relaunches this script
@@ -43,19 +78,25 @@ def run(cfg: DictConfig) -> Optional[float]:
     data_info = datamodule.load()
     # Clipping is the step's (Lightning refuses it under manual optimisation): the module gets it.
     clipping = {key: cfg.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None
+    ckpt_path = cfg.get("ckpt_path") or _resume_in_place(run_dir)
+    if ckpt_path:  # before any training: a file that is unreadable, unsafe or of another model is one line
+        model_keys = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+        check_resumable(read_checkpoint(ckpt_path), ckpt_path, model_keys, optimizer, clipping,
+                        list(datamodule.image_shape))
     module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range),
-                   optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None,
-                   **clipping)
+                   optimizer=optimizer, **clipping)
     loggers = build_each("logger", cfg.get("logger"))
     callbacks = build_each("callbacks", cfg.get("callbacks"))
+    # Checkpoints are written atomically in their own directory and read with weights_only=True.
     trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks,
-                                **{key: None for key in clipping})
+                                plugins=[AtomicCheckpointIO()], **{key: None for key in clipping})
     log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
     record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
     failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
         record.update(module.last_step_values)
         best = next((c for c in callbacks if isinstance(c, BestEpochMetrics)), None)
@@ -77,17 +118,28 @@ def run(cfg: DictConfig) -> Optional[float]:
             global_step=trainer.global_step,
         )
         failed = False
-    except Exception as err:
-        record.update(status="failed", error=str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}")
-        raise
+    except BaseException as err:
+        preemption = _stopped_by_signal(err, callbacks)
+        if preemption is None:
+            record.update(status="failed", error=str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}")
+            raise
+        name = preemption.signal.name
+        resume = (f"requeued as SLURM job {preemption.requeued}, which resumes from {preemption.saved}" if preemption.requeued
+                  else f"resume with python train.py ckpt_path={preemption.saved}" if preemption.saved
+                  else "the fit had finished; its checkpoints are in place")
+        record.update(status="interrupted", signal=name, resume_checkpoint=str(preemption.saved) if preemption.saved else None,
+                      epochs=trainer.current_epoch, global_step=trainer.global_step)
+        raise RunInterrupted(f"{name} stopped the run at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                             f"{resume}", int(preemption.signal)) from None
     finally:
         if trainer.is_global_zero:
             record.update(data_info, seed=cfg.seed, devices=trainer.world_size,
                           accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
                           model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
                           latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
-            write_record(run_dir, record)
+            _write_record_keeping_the_error(run_dir, record, failing=failed)
             finish_loggers(loggers, failed=failed)
+        release_run_dir(run_dir)
 
     if trainer.is_global_zero:
         log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())

@@ -6,6 +6,7 @@ means over all devices; training values at the logging interval carry the suffix
 """
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Optional
@@ -13,6 +14,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from vaelab.checkpoints import restore_rng_states, rng_states
 from vaelab.errors import NonFiniteLossError
 from vaelab.models import build_model
 from vaelab.training.graph_step import CudaGraphStep
@@ -20,6 +22,10 @@ from vaelab.training.lightning_compat import CountedStep
 from vaelab.training.optim import clip_gradients, lr_of_step, make_lr_scheduler, make_optimizer, steps_per_batch
 
 log = logging.getLogger(__name__)
+
+# A training loss this many times the first step's magnitude above it has diverged: a finite
+# number that no longer means anything (lr=1e4 reaches KL ≈ 1e10); the run fails instead of completing.
+DIVERGENCE_FACTOR = 1000.0
 
 
 def eager_reason(cuda_graph: bool, device: torch.device, world_size: int, precision: str) -> Optional[str]:
@@ -66,6 +72,8 @@ class LitAutoencoder(pl.LightningModule):
         self._graph_wanted = False  # decided once per fit, in on_fit_start
         self.last_step_values: dict[str, float] = {}  # train/<term>_step at the last logging interval
         self._scheduler_per_step = False  # set in configure_optimizers
+        self._first_loss: Optional[float] = None  # the first training step's loss, for the divergence check
+        self._rng_to_restore: Optional[dict] = None  # from a checkpoint; restored once the sanity check is done
 
     def forward(self, x: torch.Tensor):
         return self.model(x)
@@ -119,6 +127,7 @@ class LitAutoencoder(pl.LightningModule):
                 f"{self.global_step} (epoch {self.current_epoch}); lower model.lr (now {self.hparams.lr:g}) "
                 f"or check the data"
             )
+        self._refuse_divergence(float(values[list(losses).index("loss")]), f"at step {self.global_step}")
         self.last_step_values = {f"train/{term}_step": float(v) for term, v in zip(losses, values)}
         # The settings this step was taken with (global_step already counts it).
         scheduled = self.model.scheduled_values(self.global_step - 1, self.trainer.num_training_batches)
@@ -131,6 +140,31 @@ class LitAutoencoder(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({**self.last_step_values, "epoch": self.current_epoch}, step=self.global_step - 1)
             logger.save()
+
+    def _refuse_divergence(self, loss: float, when: str) -> None:
+        first = self._first_loss
+        if first is not None and loss > first + DIVERGENCE_FACTOR * max(abs(first), 1.0):
+            raise NonFiniteLossError(
+                f"the training loss diverged: {loss:.4g} {when} (epoch {self.current_epoch}) against {first:.4g} at "
+                f"the first step; lower model.lr (now {self.hparams.lr:g}) or clip the gradients "
+                f"(trainer.gradient_clip_val)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The generators of the sampling noise and of dynamic binarisation, and the divergence
+        # check's reference: a resumed run continues exactly where this one stands.
+        checkpoint["rng_states"] = rng_states()
+        checkpoint["first_loss"] = self._first_loss
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+        self._first_loss = checkpoint.get("first_loss", self._first_loss)
+
+    def on_train_start(self) -> None:
+        # After the sanity check, whose validation draws samples that the checkpointed run did not.
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def on_fit_start(self) -> None:
         reason = eager_reason(self.hparams.cuda_graph, self.device, self.trainer.world_size, str(self.trainer.precision))
@@ -162,6 +196,8 @@ class LitAutoencoder(pl.LightningModule):
             optimizer.step()
         if self._scheduler_per_step:
             self.lr_schedulers().step()
+        if self._first_loss is None:  # one host sync per fit
+            self._first_loss = float(losses["loss"].detach())
         # Counted on the host: a replayed graph does not run Python.
         self._counts["train"] += x.shape[0]
         if self._step_values_due():
@@ -185,6 +221,22 @@ class LitAutoencoder(pl.LightningModule):
                 f"the mean training loss of epoch {self.current_epoch} is {means['loss'].item()}; lower model.lr "
                 f"(now {self.hparams.lr:g}) or check the data"
             )
+        if means:
+            self._refuse_divergence(float(means["loss"]), "as the epoch's mean")
+
+    def on_validation_epoch_start(self) -> None:
+        # Validation (and the callbacks that draw from the model, e.g. the latent panels) runs before
+        # on_train_epoch_end: look at this epoch's training loss so far before they can trip on it.
+        count = self._counts.get("train", 0)
+        if self.trainer.sanity_checking or not count:
+            return
+        loss = float(self._sum_buffer("train")[self.terms.index("loss")]) / count
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss} in epoch {self.current_epoch}; lower model.lr "
+                f"(now {self.hparams.lr:g}) or check the data"
+            )
+        self._refuse_divergence(loss, "as the mean so far")
 
     def on_validation_epoch_end(self) -> None:
         means = self._log_epoch_means("val")

@@ -1,7 +1,9 @@
 """Callbacks that watch training."""
 
 from vaelab.training.callbacks.best_metrics import BestEpochMetrics
+from vaelab.training.callbacks.checkpoint import ResumableModelCheckpoint
 from vaelab.training.callbacks.epoch_timer import EpochTimer
 from vaelab.training.callbacks.latent_panels import LatentPanels
+from vaelab.training.callbacks.preemption import Preemption
 
-__all__ = ["BestEpochMetrics", "EpochTimer", "LatentPanels"]
+__all__ = ["BestEpochMetrics", "EpochTimer", "LatentPanels", "Preemption", "ResumableModelCheckpoint"]

@@ -1,0 +1,103 @@
+"""Preemption: SIGTERM (what SLURM and cloud schedulers send), SIGINT (Ctrl-C) and SLURM's
+advance warning (SIGUSR2, which submitit asks SLURM to send `signal_delay_s` before a time
+limit or a preemption) stop a run at the end of the current training batch, with a resumable
+checkpoint.
+
+Lightning turns SIGTERM into an exception at the end of the batch in flight; SIGINT and SIGUSR2
+are made to do the same here (Python would raise KeyboardInterrupt wherever the process is,
+half-way through an optimiser step too; a second Ctrl-C still stops at once). On any of them,
+this callback writes `<dirpath>/interrupted.ckpt` (atomically, through
+vaelab.checkpoints.AtomicCheckpointIO) with the weights, the optimiser, the loops' progress, the
+loader's position in the epoch and the random generators. The train task then records
+`"status": "interrupted"` and exits with 128 + the signal's number. `python train.py
+ckpt_path=<that file>` continues mid-epoch, from the next batch.
+
+Under SLURM, SIGUSR2 also requeues the job (`scontrol requeue`); SIGTERM does not, since
+`scancel` sends it too (a cluster with PreemptMode=REQUEUE requeues by itself). A requeued job
+runs the same command in the same run directory and resumes there (vaelab.tasks.train).
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+# The advance warning of a time limit or preemption; submitit's setting names it too.
+WARNING_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def slurm_job_id() -> Optional[str]:
+    """The id that `scontrol requeue` takes: <array job>_<task> for an array task, else the job's."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class Preemption(pl.Callback):
+    def __init__(self, dirpath: str, filename: str = "interrupted", requeue: bool = True):
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.requeue = requeue  # under SLURM, on the warning signal
+        self.requeued: Optional[str] = None  # the SLURM job id requeued
+        self.signal: Optional[signal.Signals] = None  # what stopped the run
+        self.saved: Optional[Path] = None  # the checkpoint written for it
+        self._previous: dict = {}  # the handlers ours replace during the fit
+        self._forced = False  # stopped at once: the weights may be half-updated, so nothing is saved
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, WARNING_SIGNAL)}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is not None:  # a second signal: stop now, maybe half-way through a step
+            self._forced = True
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum)
+        log.warning("%s: stopping after this batch with a resumable checkpoint%s", self.signal.name,
+                    " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
+        # Before the next step, not at the end of this one: Lightning counts a batch as completed
+        # after on_train_batch_end, and the checkpoint must count the batch the weights have seen.
+        if self.signal is not None:
+            raise KeyboardInterrupt  # Lightning's graceful path: on_exception, teardown
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signal = self.signal or signal.SIGTERM
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = self.signal or signal.SIGINT
+        else:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or self._forced:  # a finished fit has its checkpoints already
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        log.warning("%s: saved %s at epoch %d, step %d", self.signal.name, self.path, trainer.current_epoch,
+                    trainer.global_step)
+        job = slurm_job_id()
+        if self.requeue and self.signal == WARNING_SIGNAL and job and trainer.is_global_zero:
+            try:
+                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+                problem = result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
+            except OSError as err:  # no scontrol on this machine
+                problem = str(err)
+            if problem is None:
+                self.requeued = job
+                log.warning("requeued SLURM job %s: it resumes in this run directory", job)
+            else:
+                log.warning("scontrol requeue %s failed (%s): resume by hand with ckpt_path=%s", job, problem, self.path)
