@@ -7,23 +7,43 @@ Reads each run's metrics.json and csv/metrics.csv (the records train.py leaves) 
 compare.md with PNGs beside it: recon, kl and nelbo against epoch (one chart each, all runs
 overlaid; solid: validation, dashed: training) and kl against recon, one point per run. The
 W&B runs carry the same numbers under the same names.
+
+Runs that differ only in `seed` (their saved configs, .hydra/config.yaml, are equal but for the
+seed and the keys that say where files are: vaelab.sweeps.summary.seed_group_key) form a group:
+compare.md gets a table "Across seeds" with one row per group (mean ± sample std (n) of each
+metric over its completed runs) below the per-run table, the curves show a group's mean with a
+±1 std band, and the rate–distortion chart one point per group at its mean with ±1 std error
+bars on both axes. A run without replicas is a group of one and keeps its single point.
+From PROGRESS_FROM_RUNS runs on, each stage (reading, each chart, writing) prints one line
+with its time on stderr; fewer runs print only the result.
 """
 
 import argparse
 import csv
 import json
 import math
+import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vaelab.files import markdown_table, write_text
 from vaelab.rundir import METRICS_FILE, logged_terms  # light modules: compare loads no torch
+from vaelab.sweeps.summary import SEED_KEY, MeanStd, mean_std, run_config, settings, settings_key
+
+Progress = Optional[Callable[[str], None]]  # called with one line per stage; None: quiet
+PROGRESS_FROM_RUNS = 5  # the command line prints a line per stage (with its time) from this many runs on
+
+
+def _progress(line: str) -> None:
+    print(f"compare: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -33,6 +53,48 @@ class Run:
     label: str = ""
     # curves["val/recon"] = [(epoch, value), ...], from the epoch rows of csv/metrics.csv
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # the saved config (.hydra/config.yaml) flattened to dotted keys; None when the run has none
+    config: Optional[dict[str, Any]] = None
+
+    @property
+    def completed(self) -> bool:
+        return self.metrics.get("status") == "completed"
+
+
+@dataclass
+class Group:
+    """Runs that differ only in seed; a run without replicas is a group of one. Statistics are
+    over the completed runs only; the others are counted in `failed`."""
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.completed]
+
+    @property
+    def failed(self) -> int:
+        return len(self.runs) - len(self.completed)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.metrics.get(SEED_KEY) for r in self.completed]
+
+    def stat(self, name: str) -> MeanStd:
+        return mean_std(r.metrics.get(name) for r in self.completed)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point of the rate–distortion chart: a group's mean KL and recon, std None for one run."""
+    label: str
+    kl: MeanStd
+    recon: MeanStd
+
+
+def _natural(path: Path) -> list:
+    """A sort key that orders the numbers in a path by value."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(path))]
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -41,8 +103,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if (path / METRICS_FILE).is_file():
             found.append(path)
-        elif path.is_dir():
-            found += sorted(p.parent for p in path.rglob(METRICS_FILE))
+        elif path.is_dir():  # in job order: 2_... before 10_...
+            found += sorted((p.parent for p in path.rglob(METRICS_FILE)), key=_natural)
         else:
             raise FileNotFoundError(f"{path} is not a directory")
     if not found:
@@ -86,12 +148,46 @@ def load_runs(dirs: list[Path]) -> list[Run]:
     runs = []
     for d in dirs:
         metrics = json.loads((d / METRICS_FILE).read_text())
-        runs.append(Run(d, metrics, run_label(metrics), read_curves(d / "csv" / "metrics.csv", metrics.get("terms", []))))
+        runs.append(Run(d, metrics, run_label(metrics), read_curves(d / "csv" / "metrics.csv", metrics.get("terms", [])),
+                        run_config(d)))
     labels = [r.label for r in runs]
     for run in runs:  # runs that differ in something else keep their directory name
         if labels.count(run.label) > 1:
             run.label = f"{run.label} ({run.dir.name})"
     return runs
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Groups of runs whose settings are equal but for the seed, in the order of their first run.
+
+    A run without a saved config (.hydra/config.yaml) is a group of its own. A group is labelled
+    like its runs (`vae β=1 z=4`); groups that share a label add the settings in which they differ.
+    """
+    by_key: dict[str, Group] = {}
+    for run in runs:
+        key = settings_key(run.config) if run.config is not None else f"run:{run.dir.resolve()}"
+        by_key.setdefault(key, Group([])).runs.append(run)
+    groups = list(by_key.values())
+    for group in groups:
+        group.label = run_label(group.runs[0].metrics)
+    for label in {g.label for g in groups}:
+        same = [g for g in groups if g.label == label]
+        if len(same) < 2:
+            continue
+        configs = [settings(g.runs[0].config) if g.runs[0].config is not None else None for g in same]
+        known = [c for c in configs if c is not None]
+        keys = sorted({k for c in known for k in c})
+        differ = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in known}) > 1]
+        for group, config in zip(same, configs):
+            if config is None:  # no config to tell it apart: its directory, as in the per-run table
+                group.label = f"{label} ({group.runs[0].dir.name})"
+            elif differ:
+                group.label = f"{label} ({', '.join(f'{k}={_short(config.get(k))}' for k in differ)})"
+    return groups
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -100,24 +196,59 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def curve_chart(runs: list[Run], term: str, path: Path) -> bool:
-    """`term` against epoch for every run that logged it; False when none did (e.g. kl of AEs)."""
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, MeanStd]]:
+    """Per epoch that every curve has, the mean and sample std of their values."""
+    by_epoch = [dict(c) for c in curves if c]
+    if not by_epoch:
+        return []
+    epochs = sorted(set.intersection(*(set(c) for c in by_epoch)))
+    return [(e, mean_std(c[e] for c in by_epoch)) for e in epochs]
+
+
+def _as_groups(runs_or_groups: list) -> list[Group]:
+    return [g if isinstance(g, Group) else Group([g], g.label) for g in runs_or_groups]
+
+
+def curve_chart(groups: list[Group] | list[Run], term: str, path: Path) -> bool:
+    """`term` against epoch for every run that logged it; False when none did (e.g. kl of AEs).
+
+    A group with two or more completed runs is drawn as their mean with a ±1 std band; other
+    runs one line each. Runs may be given in place of groups (each its own).
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    drawn = False
-    for i, run in enumerate(runs):
-        for stage, style in (("val", "-"), ("train", "--")):
-            points = run.curves.get(f"{stage}/{term}")
-            if points:
-                epochs, values = zip(*points)
-                ax.plot(epochs, values, style, marker="o", markersize=3, color=f"C{i % 10}",
-                        label=f"{run.label} ({stage})")
-                drawn = True
+    drawn, colour, bands = False, 0, False
+    for group in _as_groups(groups):
+        members = group.completed
+        if len(members) >= 2:
+            for stage, style in (("val", "-"), ("train", "--")):
+                points = mean_curve([r.curves.get(f"{stage}/{term}", []) for r in members])
+                if points:
+                    epochs = [e for e, _ in points]
+                    means = [s.mean for _, s in points]
+                    stds = [s.std or 0.0 for _, s in points]
+                    ax.plot(epochs, means, style, marker="o", markersize=3, color=f"C{colour % 10}",
+                            label=f"{group.label}, mean of {max(s.n for _, s in points)} ({stage})")
+                    ax.fill_between(epochs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                                    color=f"C{colour % 10}", alpha=0.2, linewidth=0)
+                    drawn = bands = True
+            colour += 1
+            continue
+        for run in group.runs:
+            for stage, style in (("val", "-"), ("train", "--")):
+                points = run.curves.get(f"{stage}/{term}")
+                if points:
+                    epochs, values = zip(*points)
+                    ax.plot(epochs, values, style, marker="o", markersize=3, color=f"C{colour % 10}",
+                            label=f"{run.label} ({stage})")
+                    drawn = True
+            colour += 1
     if not drawn:
         return False
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{term} (per image)")
-    ax.set_title(f"{term} per epoch; solid: val, dashed: train", fontsize=9)
+    ax.set_title(f"{term} per epoch; solid: val, dashed: train" + ("; mean of the seeds, bands: ±1 std" if bands else ""),
+                 fontsize=9)
     ax.legend(fontsize=6)
     _save(fig, path)
     return True
@@ -128,20 +259,46 @@ def _final(metrics: dict, term: str) -> Optional[float]:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def rate_distortion_chart(runs: list[Run], path: Path) -> list[Run]:
-    """kl (rate) against recon (distortion), one labelled point per run with both; returns those runs."""
-    placed = [r for r in runs if _final(r.metrics, "kl") is not None and _final(r.metrics, "recon") is not None]
+def _placeable(group: Group) -> list[Run]:
+    """The group's completed runs that have a final KL and recon."""
+    return [r for r in group.completed if _final(r.metrics, "kl") is not None and _final(r.metrics, "recon") is not None]
+
+
+def rate_distortion_points(groups: list[Group] | list[Run]) -> list[Point]:
+    """The points of the rate–distortion chart: per group, the mean and sample std of the final
+    KL and recon (test/*, else val/*) over its completed runs that have both; groups with none
+    are left out. A group of one run is its single point (std None)."""
+    points = []
+    for group in _as_groups(groups):
+        members = _placeable(group)
+        if members:
+            label = group.label if len(group.runs) == 1 else f"{group.label} (n={len(members)})"
+            points.append(Point(label, mean_std(_final(r.metrics, "kl") for r in members),
+                                mean_std(_final(r.metrics, "recon") for r in members)))
+    return points
+
+
+def rate_distortion_chart(groups: list[Group] | list[Run], path: Path) -> list[Point]:
+    """kl (rate) against recon (distortion): one labelled point per group, at its mean, with
+    ±1 std error bars on both axes when it holds several runs; returns the points drawn."""
+    points = rate_distortion_points(groups)
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    for i, run in enumerate(placed):
-        x, y = _final(run.metrics, "kl"), _final(run.metrics, "recon")
-        ax.scatter([x], [y], color=f"C{i % 10}")
-        ax.annotate(run.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for i, point in enumerate(points):
+        x, y = point.kl.mean, point.recon.mean
+        if point.kl.std is None and point.recon.std is None:
+            ax.scatter([x], [y], color=f"C{i % 10}")
+        else:
+            ax.errorbar([x], [y], xerr=[point.kl.std or 0.0], yerr=[point.recon.std or 0.0], fmt="o",
+                        color=f"C{i % 10}", capsize=3, elinewidth=1)
+        ax.annotate(point.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("rate: kl (nats per image)")
     ax.set_ylabel("distortion: recon (per image)")
-    ax.set_title("rate–distortion: larger β moves runs up and to the left", fontsize=9)
+    seeds = any(p.kl.std is not None or p.recon.std is not None for p in points)
+    ax.set_title("rate–distortion: larger β moves runs up and to the left"
+                 + ("\nmean of the seeds, bars: ±1 std" if seeds else ""), fontsize=9)
     _save(fig, path)
-    return placed
+    return points
 
 
 def _cell(value) -> str:
@@ -150,37 +307,79 @@ def _cell(value) -> str:
     return "–" if value is None else str(value)
 
 
-def write_compare(runs: list[Run], out: Path) -> Path:
+def _timed(progress: Progress, start: float, what: str) -> None:
+    if progress is not None:
+        progress(f"{what} in {time.perf_counter() - start:.2f} s")
+
+
+def _seed_table(groups: list[Group], table: list[str]) -> list[str]:
+    rows = []
+    for group in groups:
+        m = group.runs[0].metrics
+        beta = _beta(m)
+        rows.append([_cell(c) for c in (group.label, m.get("model"), None if beta is None else f"{beta:g}", m.get("latent_dim"),
+                                        m.get("recon_loss"), " ".join(map(str, group.seeds)) or None,
+                                        len(group.completed), group.failed)]
+                    + [group.stat(k).text() or "–" for k in table])
+    return ["## Across seeds", "",
+            f"{len(groups)} group(s) of runs that differ only in `seed`. Each metric: mean ± sample standard deviation "
+            "(n − 1) over the group's completed runs, and their number (n); a group with one completed run shows its "
+            "value alone, `value (1)`. `failed`: runs of the group that failed or were interrupted, left out of the "
+            "statistics.", "",
+            *markdown_table(["group", "model", "β", "latent_dim", "recon_loss", "seeds", "n", "failed", *table], rows)]
+
+
+def write_compare(runs: list[Run], out: Path, progress: Progress = None) -> Path:
+    """compare.md and its charts in `out`; `progress` gets one line per chart and for the writing."""
     out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    seeded = any(len(g.runs) > 1 for g in groups)
     table = [*(f"test/{t}" for t in terms_of(runs)), "val/loss", "val/active_units"]
     rows = []
     for run in runs:
         m = run.metrics
         beta = _beta(m)
         rows.append([_cell(c) for c in (run.label, m.get("model"), None if beta is None else f"{beta:g}", m.get("latent_dim"),
-                                        m.get("recon_loss"), m.get("epochs"), m.get("status"), *(m.get(k) for k in table))]
+                                        m.get("recon_loss"), m.get("epochs"), m.get("status"), *(m.get(k) for k in table),
+                                        m.get(SEED_KEY))]
                     + [f"`{run.dir}`"])
     lines = [
         "# Comparison of runs", "",
         f"{len(runs)} run(s); final metrics are those of metrics.json (test/* of the best checkpoint, val/* of the best epoch).", "",
-        *markdown_table(["run", "model", "β", "latent_dim", "recon_loss", "epochs", "status", *table, "directory"], rows),
+        *markdown_table(["run", "model", "β", "latent_dim", "recon_loss", "epochs", "status", *table, "seed", "directory"], rows),
     ]
     if len({r.metrics.get("recon_loss") for r in runs}) > 1:
         lines += ["", "**Note:** the runs use different `recon_loss` (mse and bce): their recon, nelbo and loss are "
                   "on different scales and do not compare."]
+    if seeded:
+        lines += ["", *_seed_table(groups, table)]
     lines += ["", "## Curves", ""]
+    if seeded:
+        lines += ["A group of runs that differ only in seed is drawn as the mean of its completed runs (per epoch that "
+                  "all of them logged) with a band of ±1 standard deviation; other runs one line each.", ""]
     for term in curve_terms(runs):
         name = f"{term}_vs_epoch.png"
-        if curve_chart(runs, term, out / name):
+        start = time.perf_counter()
+        if curve_chart(groups, term, out / name):
             lines += [f"![{term} against epoch]({name})", ""]
-    placed = rate_distortion_chart(runs, out / "rate_distortion.png")
+            _timed(progress, start, f"drew {name}")
+    start = time.perf_counter()
+    points = rate_distortion_chart(groups, out / "rate_distortion.png")
+    _timed(progress, start, f"drew rate_distortion.png ({len(points)} points)")
     lines += ["## Rate–distortion", "", "Each run with a KL term is one point: its KL (the rate, in nats) against its "
-              "reconstruction error (the distortion), from test/* (val/* when a run was not tested). β trades one for the other.", "",
-              "![rate–distortion](rate_distortion.png)", ""]
-    left_out = [r.label for r in runs if r not in placed]
+              "reconstruction error (the distortion), from test/* (val/* when a run was not tested). β trades one for the other.", ""]
+    if seeded:
+        lines += ["Runs that differ only in seed are one point, labelled with their number n, at the mean over their "
+                  "completed runs, with error bars of ±1 sample standard deviation (n − 1) of the KL (horizontal) and of "
+                  "the recon (vertical) across the seeds; a run without replicas is a single point without bars.", ""]
+    lines += ["![rate–distortion](rate_distortion.png)", ""]
+    left_out = [g.label for g in groups if not _placeable(g)]
     if left_out:
         lines += [f"Not placed (no KL: an AE has no rate term, or the run did not finish): {', '.join(left_out)}.", ""]
-    return write_text(out / "compare.md", "\n".join(lines))
+    start = time.perf_counter()
+    path = write_text(out / "compare.md", "\n".join(lines))
+    _timed(progress, start, f"wrote {path}")
+    return path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -189,13 +388,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where compare.md and the PNGs go (default: outputs/compare/<date>_<time>)")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         runs = load_runs(find_runs(args.paths))
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    progress = _progress if len(runs) >= PROGRESS_FROM_RUNS else None
+    _timed(progress, start, f"read {len(runs)} runs ({len(group_runs(runs))} settings)")
     out = args.out or Path("outputs") / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    path = write_compare(runs, out)
+    path = write_compare(runs, out, progress)
     print(f"compared {len(runs)} runs: {path}")
     return 0
 

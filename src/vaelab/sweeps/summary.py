@@ -5,17 +5,27 @@
 Each job directory of the sweep (`<sweep dir>/<num>_<run name>/`) gives one row, read from
 its `.hydra/overrides.yaml` and `metrics.json` only, so the table can be rebuilt at any time,
 also for a sweep that was interrupted (its unfinished jobs show `status` = `missing`).
+
+Across seeds: `summary_by_seed.csv` (and a section of `summary.md` when some setting ran with
+more than one seed) has one row per group of jobs that differ only in `seed`: the mean and the
+sample standard deviation (n − 1) of every metric over the group's completed jobs, their number
+n, and how many of its jobs failed (failed, interrupted or missing). Jobs are grouped by their
+settings (`settings`: the config Hydra saved, less `seed` and the keys that only say where
+files are or how the run logs), so a seed set in a config file groups as well as one on the
+command line; `vaelab.compare` groups runs the same way.
 Rewritten after every job of a multirun by `SweepSummary`, a Hydra callback (conf/hydra/default.yaml).
 Imports nothing heavy: Hydra instantiates the callback for every run, and `--help` stays fast.
 """
 
 import csv
 import io
+import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -27,6 +37,12 @@ from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, logged_
 log = logging.getLogger(__name__)
 
 CSV_FILE, MD_FILE = "summary.csv", "summary.md"
+SEEDS_CSV_FILE = "summary_by_seed.csv"  # one row per group of jobs that differ only in seed
+SEED_KEY = "seed"
+# Config keys that say where a run reads and writes or how it logs, not what it trains and
+# measures: runs that differ only in these and in `seed` are replicas of one setting.
+NOT_SETTINGS = (SEED_KEY, "paths", "run_name", "task_name", "optimized_metric", "logger", "data.data_dir",
+                "data.mirrors", "data.system_dir", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 # Exit code of a multirun in which at least one job failed (a single run's VaelabError exits 2).
 FAILED_SWEEP_EXIT_CODE = 1
 
@@ -81,10 +97,129 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]
             "overrides": " ".join(o for o in overrides[d] if o not in common),
             "error": record.get("error") or "",
             "run_dir": str(d),
+            "seed": _seed(d, record, overrides[d]),  # not a column of summary.csv: for the groups of seeds
         }
         row.update({name: record.get(name) for name in names if "/" in name})
         rows.append(row)
     return rows, names, common
+
+
+# -- groups of seeds (also used by vaelab.compare) -----------------------------------------------
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS)
+
+
+def run_config(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's composed config as Hydra saved it (`.hydra/config.yaml`, interpolations left as
+    written), flattened to dotted keys; None when the file is missing or unreadable."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except Exception:  # a half-written or foreign file: the run is grouped by its overrides, or alone
+        return None
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run trains and measures: its flattened config less `seed` and NOT_SETTINGS."""
+    return {k: v for k, v in config.items() if _is_setting(k)}
+
+
+def settings_key(config: dict[str, Any]) -> str:
+    """A string equal for configs whose `settings` are equal."""
+    return "config:" + json.dumps(settings(config), sort_keys=True, default=str)
+
+
+def is_seed_override(override: str) -> bool:
+    return override.split("=", 1)[0].lstrip("+~") == SEED_KEY
+
+
+def seed_group_key(run_dir: Path, overrides: Optional[list[str]] = None) -> str:
+    """Equal for runs that differ only in seed (and in NOT_SETTINGS): their settings when the
+    config is readable, else their overrides less `seed=...`, else the run directory (alone)."""
+    config = run_config(run_dir)
+    if config is not None:
+        return settings_key(config)
+    if overrides is not None:
+        return "overrides:" + json.dumps(sorted(o for o in overrides if not is_seed_override(o)))
+    return f"run:{Path(run_dir).resolve()}"
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample standard deviation (ddof = 1) of the finite values, in float64; std is
+    None for fewer than two values, mean too for none."""
+    mean: Optional[float]
+    std: Optional[float]
+    n: int
+
+    def text(self) -> str:
+        """`mean ± std (n)`, std to two significant digits and the mean to the same decimal
+        place (`123.20 ± 0.93 (3)`); `mean (1)` for one value, to 5 digits; empty for none."""
+        if self.mean is None:
+            return ""
+        if self.std is None:
+            return f"{self.mean:.5g} ({self.n})"
+        decimals = min(8, max(0, 1 - math.floor(math.log10(self.std)))) if self.std > 0 else 3
+        return f"{self.mean:.{decimals}f} ± {self.std:.{decimals}f} ({self.n})"
+
+
+def mean_std(values: Iterable[Any]) -> MeanStd:
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not xs:
+        return MeanStd(None, None, 0)
+    mean = math.fsum(xs) / len(xs)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return MeanStd(mean, std, len(xs))
+
+
+def _seed(job_dir: Path, record: dict[str, Any], overrides: list[str]) -> Any:
+    if record.get(SEED_KEY) is not None:
+        return record[SEED_KEY]
+    seeds = [o.split("=", 1)[1] for o in overrides if is_seed_override(o) and "=" in o]
+    return seeds[-1] if seeds else (run_config(job_dir) or {}).get(SEED_KEY)
+
+
+def seed_columns(names: list[str]) -> list[str]:
+    """group, overrides (those of the group's jobs less seed), seeds (of its completed jobs), n
+    (its completed jobs), failed (its jobs that failed, were interrupted or are missing), jobs,
+    then `<metric>_mean` and `<metric>_std` for every metric column of the per-job table."""
+    metrics = [n for n in names if "/" in n]
+    return ["group", "overrides", "seeds", "n", "failed", "jobs", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))]
+
+
+def collect_by_seed(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """One row per group of jobs that differ only in seed (`seed_group_key`), in the order of
+    their first job; statistics over the completed jobs only (`MeanStd` under each metric)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        job_dir = Path(row["run_dir"])
+        groups.setdefault(seed_group_key(job_dir, _job_overrides(job_dir)), []).append(row)
+    metrics = [n for n in names if "/" in n]
+    out = []
+    for i, members in enumerate(groups.values()):
+        done = [r for r in members if r["status"] == "completed"]
+        out.append({
+            "group": i,
+            "overrides": " ".join(o for o in members[0]["overrides"].split() if not is_seed_override(o)),
+            "seeds": " ".join(str(r["seed"]) for r in done if r["seed"] is not None),
+            "n": len(done),
+            "failed": len(members) - len(done),
+            "jobs": " ".join(r["job"] for r in members),
+            **{m: mean_std(r.get(m) for r in done) for m in metrics},
+        })
+    return out
 
 
 def _cell(value: Any) -> str:
@@ -100,10 +235,12 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows, names, common = collect(sweep_dir)
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     write_text(sweep_dir / CSV_FILE, buffer.getvalue())
+    groups = collect_by_seed(rows, names)
+    write_text(sweep_dir / SEEDS_CSV_FILE, _seed_csv(groups, names))
 
     failed = [r for r in rows if r["status"] != "completed"]
     lines = [
@@ -116,9 +253,42 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         *markdown_table(names, [[_cell(row[c]) for c in names] for row in rows]),
         "",
     ]
+    if any(g["n"] + g["failed"] > 1 for g in groups):
+        lines += _seed_section(groups, names)
     # Jobs that run at once (joblib) each rewrite the summary: a reader never sees half a file.
     write_text(sweep_dir / MD_FILE, "\n".join(lines))
     return rows
+
+
+def _seed_csv(groups: list[dict[str, Any]], names: list[str]) -> str:
+    """summary_by_seed.csv: full float64 values; an empty cell where there is no value (std of one run)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=seed_columns(names))
+    writer.writeheader()
+    for group in groups:
+        row = {k: v for k, v in group.items() if not isinstance(v, MeanStd)}
+        for name, stat in group.items():
+            if isinstance(stat, MeanStd):
+                row[f"{name}_mean"], row[f"{name}_std"] = stat.mean, stat.std
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _seed_section(groups: list[dict[str, Any]], names: list[str]) -> list[str]:
+    metrics = [n for n in names if "/" in n]
+    header = ["group", "overrides", "seeds", "n", "failed", *metrics]
+    return [
+        "## Across seeds",
+        "",
+        f"{len(groups)} groups of jobs that differ only in `seed` (also in `{SEEDS_CSV_FILE}`). Each metric: "
+        "mean ± sample standard deviation (n − 1) over the group's completed jobs, and their number (n); "
+        "a group with one completed job shows its value alone, `value (1)`. `failed`: the group's jobs that "
+        "failed, were interrupted or did not finish; they are left out of the statistics.",
+        "",
+        *markdown_table(header, [[g["group"], g["overrides"], g["seeds"], g["n"], g["failed"],
+                                  *(g[m].text() for m in metrics)] for g in groups]),
+        "",
+    ]
 
 
 class SweepSummary(Callback):
