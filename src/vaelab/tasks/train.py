@@ -8,6 +8,7 @@ Trainer.fit → test on the best checkpoint → metrics.json → the optimised m
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +21,7 @@ from vaelab.rundir import (interrupted_checkpoint, is_rank_zero_process, is_requ
                            release_run_dir, write_record)
 from vaelab.tasks.build import build, build_each
 from vaelab.training.callbacks import BestEpochMetrics, Preemption
-from vaelab.training.loggers import finish_loggers, log_hyperparameters
+from vaelab.training.loggers import continue_wandb_run, finish_loggers, log_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ def run(cfg: DictConfig) -> Optional[float]:
 
     # Resolve (and download) the data before the Trainer exists: DDP relaunches this script
     # for the other ranks once the Trainer starts, and they must find the same data.
+    started = time.perf_counter()
     datamodule = build("data", cfg.data)
     data_info = datamodule.load()
+    stage_seconds = {"time/data_s": time.perf_counter() - started}
+    log.info("data: done in %.1f s", stage_seconds["time/data_s"])
     # Clipping is the step's (Lightning refuses it under manual optimisation): the module gets it.
     clipping = {key: cfg.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None
@@ -87,6 +91,8 @@ def run(cfg: DictConfig) -> Optional[float]:
     module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range),
                    optimizer=optimizer, **clipping)
     loggers = build_each("logger", cfg.get("logger"))
+    if ckpt_path:  # a resume logs into the checkpoint's W&B run (vaelab.training.loggers)
+        continue_wandb_run(loggers, ckpt_path)
     callbacks = build_each("callbacks", cfg.get("callbacks"))
     # Checkpoints are written atomically in their own directory and read with weights_only=True.
     trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks,
@@ -96,7 +102,11 @@ def run(cfg: DictConfig) -> Optional[float]:
     record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
     failed = True
     try:
+        started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        stage_seconds["time/fit_s"] = time.perf_counter() - started
+        log.info("fit: done in %.1f s (%d epochs, %d steps)", stage_seconds["time/fit_s"], trainer.current_epoch,
+                 trainer.global_step)
         record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
         record.update(module.last_step_values)
         best = next((c for c in callbacks if isinstance(c, BestEpochMetrics)), None)
@@ -107,7 +117,10 @@ def run(cfg: DictConfig) -> Optional[float]:
         if cfg.test:
             if best_path is None:
                 log.warning("no best checkpoint was saved (fast_dev_run or no checkpoint callback): testing the last weights")
+            started = time.perf_counter()
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            stage_seconds["time/test_s"] = time.perf_counter() - started
+            log.info("test: done in %.1f s", stage_seconds["time/test_s"])
             record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
         record.update(
             status="completed",
@@ -133,7 +146,7 @@ def run(cfg: DictConfig) -> Optional[float]:
                              f"{resume}", int(preemption.signal)) from None
     finally:
         if trainer.is_global_zero:
-            record.update(data_info, seed=cfg.seed, devices=trainer.world_size,
+            record.update({**data_info, **stage_seconds}, seed=cfg.seed, devices=trainer.world_size,
                           accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
                           model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
                           latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)

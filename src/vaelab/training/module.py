@@ -19,6 +19,7 @@ from vaelab.errors import NonFiniteLossError
 from vaelab.models import build_model
 from vaelab.training.graph_step import CudaGraphStep
 from vaelab.training.lightning_compat import CountedStep
+from vaelab.training.loggers import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY, wandb_checkpoint_state
 from vaelab.training.optim import clip_gradients, lr_of_step, make_lr_scheduler, make_optimizer, steps_per_batch
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,10 @@ class LitAutoencoder(pl.LightningModule):
         # check's reference: a resumed run continues exactly where this one stands.
         checkpoint["rng_states"] = rng_states()
         checkpoint["first_loss"] = self._first_loss
+        # The W&B run (id, transaction logs) that a resume from this checkpoint logs into.
+        wandb_run = wandb_checkpoint_state(self.loggers)
+        if wandb_run is not None:
+            checkpoint[WANDB_CHECKPOINT_KEY] = wandb_run
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")

@@ -77,8 +77,9 @@ class LatentPanels(pl.Callback):
 
                 values = kl.cpu().numpy()
                 edges = list(range(len(values) + 1))  # one bin per dimension: the bar chart as a histogram
-                logger.experiment.log({"val/kl_per_dim": wandb.Histogram(np_histogram=(values, edges)),
-                                       "trainer/global_step": trainer.global_step})
+                # Through log_metrics, as every other value: a resumed run does not log a step twice.
+                logger.log_metrics({"val/kl_per_dim": wandb.Histogram(np_histogram=(values, edges))},
+                                   step=trainer.global_step)
 
     def _write_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, labels = split_images(trainer, "test", self.n_scatter, pl_module.device)
