@@ -11,6 +11,7 @@ thus serves every run on a data set, binarised or not.
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -49,26 +50,44 @@ def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, min_steps: int = 500,
-                     batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu") -> LabelClassifier:
+                     batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu",
+                     log_epochs: bool = False) -> LabelClassifier:
     """Fit on uint8 images (N, H, W), as grey levels in [0, 1], with Adam; deterministic given `seed`.
 
     At least `min_steps` steps: a small data set gets more epochs, or its classifier would be
-    under-confident on real images and make every sample look implausible.
+    under-confident on real images and make every sample look implausible. With `log_epochs`, a
+    log line per epoch (every ⌈epochs/10⌉-th when there are more than 10, and the last) with its
+    training accuracy, loss and time; off by default, so that library use stays silent.
     """
     epochs = max(epochs, math.ceil(min_steps / math.ceil(len(images) / batch_size)))
+    every = math.ceil(epochs / 10)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = LabelClassifier(images[0].numel()).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     x_all, y_all = images.to(device), labels.long().to(device)
-    for _ in range(epochs):
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        epoch_start = time.perf_counter()
+        correct = torch.zeros((), dtype=torch.long, device=device)  # summed on the device: read once per epoch
+        loss_sum = torch.zeros((), device=device)
         order = torch.randperm(len(x_all), generator=generator).to(device)
         for part in batches(len(order), batch_size):
             idx = order[part]
-            loss = nn.functional.cross_entropy(model(grey_levels(x_all[idx])), y_all[idx])
+            logits = model(grey_levels(x_all[idx]))
+            loss = nn.functional.cross_entropy(logits, y_all[idx])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if log_epochs:
+                correct += (logits.detach().argmax(1) == y_all[idx]).sum()
+                loss_sum += loss.detach() * (part.stop - part.start)
+        if log_epochs and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            now = time.perf_counter()
+            left = (now - start) / (epoch + 1) * (epochs - epoch - 1)
+            log.info("classifier epoch %d/%d: train accuracy %.3f, loss %.3f, %.1f s; %.1f s so far%s",
+                     epoch + 1, epochs, int(correct) / len(x_all), float(loss_sum) / len(x_all), now - epoch_start,
+                     now - start, f", about {left:.0f} s left" if epoch + 1 < epochs else "")
     return model.eval()
 
 
@@ -86,10 +105,11 @@ def cache_path(images: ImageSet, cache_dir: Path, name: str) -> Path:
     return Path(cache_dir) / f"{name}-{data_key(images.train_images, images.train_labels)}.pt"
 
 
-def cached_classifier(images: ImageSet, cache_dir: Path, name: str,
-                      device: torch.device | str = "cpu") -> tuple[LabelClassifier, dict]:
+def cached_classifier(images: ImageSet, cache_dir: Path, name: str, device: torch.device | str = "cpu",
+                      log_epochs: bool = False) -> tuple[LabelClassifier, dict]:
     """The classifier of the training file of `images` (the files as read, never binarised): loaded
-    from `cache_dir` or trained there once; its accuracy on the grey test file goes in the record."""
+    from `cache_dir` or trained there once (`log_epochs`: a log line per epoch, see
+    `train_classifier`); its accuracy on the grey test file goes in the record."""
     train_x, train_y = images.train_images, images.train_labels
     path = cache_path(images, cache_dir, name)
     model = LabelClassifier(train_x[0].numel())
@@ -99,9 +119,11 @@ def cached_classifier(images: ImageSet, cache_dir: Path, name: str,
         cached = True
     else:
         log.info("training the reference classifier on %d images (once; cached in %s)", len(train_x), path)
-        model = train_classifier(train_x, train_y, device=device)
+        start = time.perf_counter()
+        model = train_classifier(train_x, train_y, device=device, log_epochs=log_epochs)
         with atomic_write(path, "wb") as f:  # another process never reads half a file
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
+        log.info("trained the reference classifier in %.1f s and saved it to %s", time.perf_counter() - start, path)
         cached = False
     return model, {"classifier/path": str(path), "classifier/cached": cached,
                    "classifier/test_accuracy": accuracy(model, images.test_images, images.test_labels)}

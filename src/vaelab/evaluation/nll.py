@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from vaelab.evaluation.latent import batches
 from vaelab.models.objectives import log_prior_over_posterior
 
 # What test/nll is, by likelihood kind (models.losses.RECON_LOSSES), whether or not the data are binarised.
@@ -57,6 +58,8 @@ def nll_meaning(kind: str, binarize: str) -> dict[str, bool | str]:
 
 # log p(x|z) up to the constant: takes codes (K, B, latent_dim) and images (B, ...), returns (K, B).
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Told (images done, images in all) after each batch of images.
+Progress = Callable[[int, int], None]
 
 
 @torch.no_grad()
@@ -93,6 +96,28 @@ def importance_sampled_nll(
         sum_log_px_z += log_px_z.sum(dim=0)
         done += n
     return {"nll": -(running_lse - math.log(k)), "nelbo": -sum_log_w / k, "recon": -sum_log_px_z / k}
+
+
+@torch.no_grad()
+def importance_sampled_sums(
+    x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, log_likelihood: LogLikelihood,
+    k: int, batch_size: int, max_codes: int = 50_000, progress: Progress | None = None,
+) -> dict[str, float]:
+    """The sums over all images `x` of `importance_sampled_nll`'s nll, nelbo and recon (float64 on
+    the host: a mean is one division), estimated `batch_size` images at a time.
+
+    `progress(done, total)`, if given, is called after each batch, once its sums are on the host
+    (where they are read anyway): it adds no wait on the device. None (the default): silent.
+    """
+    sums = {"nll": 0.0, "nelbo": 0.0, "recon": 0.0}
+    total = len(x)
+    for part in batches(total, batch_size):
+        estimate = importance_sampled_nll(x[part], mu[part], logvar[part], log_likelihood, k, max_codes=max_codes)
+        for key in sums:
+            sums[key] += float(estimate[key].double().sum())
+        if progress is not None:
+            progress(part.stop, total)
+    return sums
 
 
 def model_log_likelihood(model) -> LogLikelihood:

@@ -99,4 +99,10 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
     lines += ["", "## Panels", ""]
     for name, file in r["panels"].items():
         lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]
+    times = [(key[len("time/"):-len("_s")], value) for key, value in r.items()
+             if key.startswith("time/") and key.endswith("_s") and key not in ("time/total_s", "time/write_s")]
+    if times:  # eval.json has the same numbers, with the writing of the files and the total
+        lines += ["## Time per stage", "", *markdown_table(["stage", "seconds"], [(name, f"{value:.1f}") for name, value in times]),
+                  "", f"{_num(sum(value for _, value in times), 1)} s in all before the files were written "
+                  "(eval.json: `time/<stage>_s`, `time/total_s`).", ""]
     write_text(path, "\n".join(lines) + "\n")

@@ -2,12 +2,19 @@
 
 Writes into its own run directory (never into the training run's): eval.json (one flat JSON
 object), report.md (the numbers, what they mean, the panels embedded) and images/<panel>.png.
+
+Each stage (`STAGES`) ends with a log line "<stage>: done in <time> (<what it did>)" and leaves
+time/<stage>_s in eval.json; the importance-sampled NLL and the classifier's first training also
+log their progress as they go; a last line "eval: done in <time>" sums them up.
 """
 
 import logging
 import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -19,7 +26,7 @@ from vaelab.config import refuse, task_overrides, training_data_config
 from vaelab.errors import CheckpointError
 from vaelab.evaluation.classifier import cache_path, cached_classifier, grey_levels
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
-from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood, nll_meaning
+from vaelab.evaluation.nll import importance_sampled_sums, model_log_likelihood, nll_meaning
 from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
@@ -31,6 +38,100 @@ from vaelab.tasks.cli import unwritable_dir
 from vaelab.training import LitAutoencoder
 
 log = logging.getLogger(__name__)
+
+# eval's stages in their order, each timed as time/<stage>_s in eval.json (nll: models with a KL
+# term; objective: models whose own loss is not recon + β·kl, e.g. iwae), then time/total_s.
+STAGES = {
+    "load": "reading the data, the checkpoint and the test images",
+    "terms": "encoding the test images; the exact terms (KL; an AE's recon and loss)",
+    "nll": "the importance-sampled nll, and recon and nelbo averaged over the same k samples",
+    "objective": "the model's own loss on the test images",
+    "continuity": "continuity/*",
+    "classifier": "loading (or training once) the reference classifier and its test accuracy",
+    "completeness": "completeness/*",
+    "panels": "the panels, drawn and saved",
+    "write": "report.md and eval.json",
+}
+
+
+def format_duration(seconds: float) -> str:
+    """12.3 s, 5 min 08 s, 1 h 02 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(round(seconds / 60), 60)
+    return f"{hours} h {rest:02d} min"
+
+
+class ProgressLines:
+    """A `Progress` (done, total) callback that logs "<name>: done/total <unit> (p %), <elapsed>
+    elapsed, about <time> left" once at least `fraction` of the work and `min_interval_s` seconds
+    have passed since the last line (whichever allows fewer lines: a run of seconds logs none, a
+    long one about ten), and a last line at 100 % when it logged any before.
+    Not a progress bar: one line each, readable in a log file."""
+
+    def __init__(self, name: str, unit: str, fraction: float = 0.1, min_interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name, self.unit, self.fraction, self.min_interval_s, self.clock = name, unit, fraction, min_interval_s, clock
+        self.start = self.last_time = clock()
+        self.last_done = 0
+        self.lines = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if done < total:
+            if done - self.last_done < self.fraction * total or now - self.last_time < self.min_interval_s:
+                return
+            left = f", about {format_duration((now - self.start) / done * (total - done))} left"
+        elif self.lines:
+            left = ""
+        else:
+            return
+        log.info("%s: %d/%d %s (%.0f %%), %s elapsed%s", self.name, done, total, self.unit, 100 * done / total,
+                 format_duration(now - self.start), left)
+        self.last_done, self.last_time, self.lines = done, now, self.lines + 1
+
+
+class Stages:
+    """The time of each of eval's stages: `with stages("nll") as note:` times the block, logs
+    "nll: done in 12.3 s (<note.detail>)" as it ends (when `verbose`) and keeps the seconds."""
+
+    class Note:
+        detail = ""
+
+    def __init__(self, verbose: bool = True, clock: Callable[[], float] = time.perf_counter):
+        self.verbose, self.clock = verbose, clock
+        self.start = clock()
+        self.seconds: dict[str, float] = {}
+        self.running: Optional[tuple[str, float]] = None  # the stage in progress and its start
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator["Stages.Note"]:
+        assert name in STAGES, name
+        note = Stages.Note()
+        start = self.clock()
+        self.running = (name, start)
+        try:
+            yield note
+        finally:
+            self.running = None
+        self.seconds[name] = self.clock() - start
+        if self.verbose:
+            log.info("%s: done in %s%s", name, format_duration(self.seconds[name]), f" ({note.detail})" if note.detail else "")
+
+    def total(self) -> float:
+        return self.clock() - self.start
+
+    def record(self) -> dict[str, float]:
+        """eval.json's time/<stage>_s of the stages so far (the one running: until now) and
+        time/total_s, in seconds."""
+        seconds = dict(self.seconds)
+        if self.running is not None:
+            seconds[self.running[0]] = self.clock() - self.running[1]
+        return {**{f"time/{name}_s": round(value, 3) for name, value in seconds.items()},
+                "time/total_s": round(self.total(), 3)}
 
 
 def _device(name: str) -> torch.device:
@@ -69,7 +170,8 @@ def check_classifier_cache(path: Path) -> None:
 
 
 @torch.no_grad()
-def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> tuple[dict[str, Any], Codes]:
+def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
+                       stages: Optional[Stages] = None) -> tuple[dict[str, Any], Codes]:
     """The model's test terms (test/recon, ...) and, for a model with a KL term, the
     importance-sampled nll; means over the images `x`.
 
@@ -78,28 +180,38 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig) -> 
     exact, so nelbo ≥ nll up to the estimate's tiny error. A deterministic code's recon is exact.
     What nll is (−log p(x), or a cross-entropy for bce on grey levels) is stated
     beside it: test/nll_is_likelihood, test/nll_measures (`nll_meaning`).
+
+    `stages` (eval's): times the stages terms, nll and objective, and logs the nll's progress;
+    without it this is silent.
     """
-    codes = encode(model, x, batch_size=cfg.eval.batch_size)
-    if "kl" not in model.terms:  # a deterministic code: the model's own losses are exact
-        sums = {term: 0.0 for term in model.terms}
-        for part in batches(len(x), cfg.eval.batch_size):
-            for term, value in model.losses(x[part]).items():
-                sums[term] += float(value) * (part.stop - part.start)
-        return {f"test/{term}": total / len(x) for term, total in sums.items()}, codes
-    meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize)  # first: an unknown kind fails before the work
-    log_likelihood = model_log_likelihood(model)
-    sums = {"nll": 0.0, "nelbo": 0.0, "recon": 0.0}
-    for part in batches(len(x), cfg.eval.batch_size):
-        estimate = importance_sampled_nll(x[part], codes.mu[part], codes.logvar[part], log_likelihood, int(cfg.eval.k),
-                                          max_codes=cfg.eval.max_codes)
-        for key in sums:
-            sums[key] += float(estimate[key].double().sum())
-    n = len(x)
-    kl_dims = kl_per_dim(codes)
+    stages = stages or Stages(verbose=False)
+    n, samples, batch_size = len(x), int(cfg.eval.k), cfg.eval.batch_size
+    with stages("terms") as note:
+        codes = encode(model, x, batch_size=batch_size)
+        if "kl" not in model.terms:  # a deterministic code: the model's own losses are exact
+            sums = {term: 0.0 for term in model.terms}
+            for part in batches(n, batch_size):
+                for term, value in model.losses(x[part]).items():
+                    sums[term] += float(value) * (part.stop - part.start)
+            note.detail = f"{n} images encoded; {', '.join(model.terms)} exact"
+            return {f"test/{term}": total / n for term, total in sums.items()}, codes
+        meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize)  # first: an unknown kind fails before the work
+        kl_dims = kl_per_dim(codes)
+        note.detail = f"{n} images encoded; KL per dimension, exact: {float(kl_dims.sum()):.3f} nats"
+    with stages("nll") as note:
+        if stages.verbose:
+            log.info("nll: importance sampling %d images with k=%d (%d images per pass, at most %d decoded codes at once)",
+                     n, samples, batch_size, cfg.eval.max_codes)
+        progress = ProgressLines("nll", "images") if stages.verbose else None
+        sums = importance_sampled_sums(x, codes.mu, codes.logvar, model_log_likelihood(model), samples, batch_size,
+                                       max_codes=cfg.eval.max_codes, progress=progress)
+        note.detail = f"{n} images, k={samples}"
     terms = model.combine({"recon": torch.tensor(sums["recon"] / n, dtype=torch.float64), "kl_per_dim": kl_dims.double().cpu()})
     if not model.loss_from_means:  # e.g. the IWAE bound: the model's own loss, averaged over the test images
-        terms["loss"] = torch.tensor(sum(float(model.losses(x[part])["loss"]) * (part.stop - part.start)
-                                         for part in batches(n, cfg.eval.batch_size)) / n, dtype=torch.float64)
+        with stages("objective") as note:
+            terms["loss"] = torch.tensor(sum(float(model.losses(x[part])["loss"]) * (part.stop - part.start)
+                                             for part in batches(n, batch_size)) / n, dtype=torch.float64)
+            note.detail = f"{getattr(model, 'objective', None) or 'its loss'} on {n} images"
     nll = sums["nll"] / n
     return {
         **{f"test/{k}": float(v) for k, v in terms.items()},
@@ -120,33 +232,36 @@ def grey_test_images(datamodule, n: int) -> torch.Tensor:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path` (checked: vaelab.config.check_eval_config) on the test set; returns eval.json's record."""
+    stages = Stages()
     ckpt_path = Path(cfg.ckpt_path)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, verbose=False)
     device = _device(cfg.eval.device)
 
-    data, data_from = training_data_config(cfg, task_overrides())
-    log.info("data config: %s", data_from)
-    with open_dict(cfg):
-        cfg.data = data
-    datamodule = build("data", cfg.data)
-    data_info = datamodule.load()
-    classifier_path = cache_path(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name)
-    check_classifier_cache(classifier_path)  # before the minutes of evaluation that come before it
-    model = load_model(ckpt_path, device)
+    with stages("load") as note:
+        data, data_from = training_data_config(cfg, task_overrides())
+        log.info("data config: %s", data_from)
+        with open_dict(cfg):
+            cfg.data = data
+        datamodule = build("data", cfg.data)
+        data_info = datamodule.load()
+        classifier_path = cache_path(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name)
+        check_classifier_cache(classifier_path)  # before the minutes of evaluation that come before it
+        model = load_model(ckpt_path, device)
 
-    images, labels = datamodule.splits["test"]
-    if cfg.eval.max_images:
-        images, labels = images[: cfg.eval.max_images], labels[: cfg.eval.max_images]
-    x, labels = datamodule.on_after_batch_transfer((images.to(device), labels.to(device)), 0)
+        images, labels = datamodule.splits["test"]
+        if cfg.eval.max_images:
+            images, labels = images[: cfg.eval.max_images], labels[: cfg.eval.max_images]
+        x, labels = datamodule.on_after_batch_transfer((images.to(device), labels.to(device)), 0)
+        note.detail = f"{model.name} checkpoint, {len(x)} test images of {datamodule.name} on {device}"
 
     record: dict[str, Any] = {"checkpoint": str(ckpt_path.resolve()), "model": model.name, "terms": list(model.terms),
                               "beta": getattr(model, "beta", None), "objective": getattr(model, "objective", None),
                               "latent_dim": model.latent_dim,
                               "recon_loss": model.likelihood.kind, "eval/k": int(cfg.eval.k), "eval/images": len(x),
                               "data_config": data_from, **data_info}
-    metrics, codes = likelihood_metrics(model, x, cfg)
+    metrics, codes = likelihood_metrics(model, x, cfg, stages)
     record.update(metrics)
     record["test/active_units"] = int((activity(codes) > ACTIVE_THRESHOLD).sum())
     if model.not_applicable:
@@ -154,21 +269,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     generator = torch.Generator().manual_seed(cfg.seed)
     some = Codes(*(None if c is None else c[: cfg.eval.n_codes] for c in codes))
-    record.update(continuity(model, some.mu, generator))
-    classifier, classifier_info = cached_classifier(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name, device)
-    record.update(classifier_info)
-    # The reference: grey test images, not x (binarised when data.binarize is set), since the
-    # samples judged beside them are pixel means, grey levels.
-    record.update(completeness(model, classifier, some, grey_test_images(datamodule, len(some.mu)),
-                               cfg.eval.n_samples, generator))
+    with stages("continuity") as note:
+        record.update(continuity(model, some.mu, generator))
+        note.detail = f"{len(some.mu)} codes, ratio {record['continuity/ratio']:.3f}"
+    with stages("classifier") as note:
+        classifier, classifier_info = cached_classifier(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name,
+                                                        device, log_epochs=True)
+        record.update(classifier_info)
+        how = "loaded from the cache" if classifier_info["classifier/cached"] else "trained once and cached in"
+        note.detail = f"{how} {classifier_info['classifier/path']}; test accuracy {classifier_info['classifier/test_accuracy']:.3f}"
+    with stages("completeness") as note:
+        # The reference: grey test images, not x (binarised when data.binarize is set), since the
+        # samples judged beside them are pixel means, grey levels.
+        record.update(completeness(model, classifier, some, grey_test_images(datamodule, len(some.mu)),
+                                   cfg.eval.n_samples, generator))
+        note.detail = f"{cfg.eval.n_samples} decoded samples judged"
 
-    panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed)
-    record["panels"] = {p.name: str(path.relative_to(out_dir)) for p, path in zip(panels, save_panels(panels, out_dir / "images"))}
-    record["panel_captions"] = {p.name: p.caption for p in panels}
+    with stages("panels") as note:
+        panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed)
+        record["panels"] = {p.name: str(path.relative_to(out_dir)) for p, path in zip(panels, save_panels(panels, out_dir / "images"))}
+        record["panel_captions"] = {p.name: p.caption for p in panels}
+        note.detail = f"{len(panels)} panels in {out_dir / 'images'}"
 
-    write_json(out_dir / EVAL_FILE, record)
-    write_report(out_dir / "report.md", record)
+    with stages("write") as note:
+        write_report(out_dir / "report.md", {**record, **stages.record()})
+        # time/write_s and time/total_s end here: eval.json's own writing (a few kB) is all they leave out.
+        record.update(stages.record())
+        write_json(out_dir / EVAL_FILE, record)
+        note.detail = f"{out_dir / 'report.md'} and {EVAL_FILE}"
     log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
                                     if k.startswith("test/") and isinstance(v, float) and math.isfinite(v)))
-    log.info("wrote %s and %s", out_dir / EVAL_FILE, out_dir / "report.md")
+    log.info("eval: done in %s (%s)", format_duration(stages.total()),
+             ", ".join(f"{name} {format_duration(seconds)}" for name, seconds in stages.seconds.items()))
     return record
