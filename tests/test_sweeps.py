@@ -145,12 +145,18 @@ def test_summary_has_one_row_per_job_and_says_what_failed(tmp_path, capsys):
 
 # -- slow: real sweeps -------------------------------------------------------------------------
 
-@slow
-def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(shared_data_dir, tmp_path):
-    log_dir = tmp_path / "outputs"
+@pytest.fixture(scope="module")
+def wandb_grid(shared_data_dir, tmp_path_factory) -> Path:
+    """A 2×2 sweep (model × latent_dim) with W&B offline: its sweep directory."""
+    log_dir = tmp_path_factory.mktemp("grid") / "outputs"
     result = _sweep(shared_data_dir, log_dir, "model=ae,vae", "model.latent_dim=4,8")
     assert result.returncode == 0, _output(result)
-    sweep_dir = _only_sweep_dir(log_dir)
+    return _only_sweep_dir(log_dir)
+
+
+@slow
+def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(wandb_grid):
+    sweep_dir = wandb_grid
     jobs = _job_dirs(sweep_dir)
     expected = {"ae-z4": ("ae", 4), "ae-z8": ("ae", 8), "vae-z4-beta1": ("vae", 4), "vae-z8-beta1": ("vae", 8)}
     names = [j.name.split("_", 1)[1] for j in jobs]
@@ -187,6 +193,49 @@ def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(shared_data_d
     rebuilt = subprocess.run([sys.executable, "-m", "vaelab.summary", str(sweep_dir)], capture_output=True, text=True)
     assert rebuilt.returncode == 0, _output(rebuilt)
     assert (sweep_dir / CSV_FILE).read_text() == before
+
+
+@slow
+def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb_grid, capsys):
+    from wandb_workspaces.workspaces import internal
+
+    from vaelab.dashboard import SPEC_FILE, main as dashboard_main
+
+    assert dashboard_main([str(wandb_grid)]) == 0
+    printed = capsys.readouterr().out
+    spec = json.loads((wandb_grid / SPEC_FILE).read_text())
+    jobs = _job_dirs(wandb_grid)
+    logged = {}  # every key a job logged, read here independently: the CSV header and the W&B history
+    for job in jobs:
+        with (job / "csv" / "metrics.csv").open() as f:
+            keys = set(next(csv.reader(f)))
+        for row in summarize(next(job.glob("wandb/offline-run-*/run-*.wandb")))["history"]:
+            keys |= set(row) | {key.removesuffix("/_type") for key in row if key.endswith("/_type")}  # images
+        logged[job.name] = keys
+    every_key = set().union(*logged.values())
+    group = f"train-{wandb_grid.parent.name}_{wandb_grid.name}"
+    assert spec["filter"] == {"group": group} and spec["name"] == group
+    sections = {s["name"]: s["panels"] for s in spec["sections"]}
+    assert list(sections) == ["Loss components", "Rate–distortion", "Hyperparameters", "Panels", "Runs"]
+    lines = {p["title"]: p["y"] for p in sections["Loss components"]}
+    assert lines == {t: [f"train/{t}", f"val/{t}"] for t in ("recon", "kl", "nelbo", "loss")}
+    [scatter] = sections["Rate–distortion"]
+    assert (scatter["x"], scatter["y"], scatter["color"]) == ("val/recon", "val/kl", "model.beta")
+    [parallel] = sections["Hyperparameters"]
+    assert sorted(parallel["config"]) == ["model.latent_dim", "model.name"]  # model=ae,vae is model.name in W&B's config
+    assert parallel["metrics"] == ["val/nelbo"]  # no eval.py: no test/nll
+    [media] = sections["Panels"]
+    assert media["keys"] and all(key.startswith("panels/") for key in media["keys"])
+    drawn = {key for panels in sections.values() for p in panels
+             for key in [*p.get("metrics", []), *p.get("keys", []), *(p["y"] if p["type"] == "line" else [])]}
+    drawn |= {scatter["x"], scatter["y"]}
+    assert drawn <= every_key, drawn - every_key  # nothing drawn that no run logged
+    assert "val/kl" not in logged[jobs[0].name]  # job 0 is an AE: the keys come from the runs, per run
+    # The W&B view is what W&B stores: it parses as W&B's own model, with the group filter and the panels.
+    view = internal.View.model_validate(spec["wandb_view"])
+    assert view.spec.section.run_sets[0].filters["filters"][0]["value"] == group
+    assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 4 + 1 + 1 + 1 + 1
+    assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.dashboard {wandb_grid}" in printed
 
 
 @slow
