@@ -70,7 +70,14 @@ def run(cfg: DictConfig) -> Optional[float]:
              cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.get("beta"), cfg.model.lr, cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
     refuse_earlier_run(run_dir)
-    lock_run_dir(run_dir)
+    lock_run_dir(run_dir)  # this process is its one writer until the run ends, however it ends
+    try:
+        return _train_and_test(cfg, run_dir)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train_and_test(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Resolve (and download) the data before the Trainer exists: DDP relaunches this script
@@ -152,7 +159,6 @@ def run(cfg: DictConfig) -> Optional[float]:
                           latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
             _write_record_keeping_the_error(run_dir, record, failing=failed)
             finish_loggers(loggers, failed=failed)
-        release_run_dir(run_dir)
 
     if trainer.is_global_zero:
         log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
