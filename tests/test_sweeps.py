@@ -199,7 +199,7 @@ def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(wandb_grid):
 def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb_grid, capsys):
     from wandb_workspaces.workspaces import internal
 
-    from vaelab.dashboard import SPEC_FILE, main as dashboard_main
+    from vaelab.dashboard import SPEC_FILE, describe, main as dashboard_main, read_run
 
     assert dashboard_main([str(wandb_grid)]) == 0
     printed = capsys.readouterr().out
@@ -236,6 +236,10 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb
     assert view.spec.section.run_sets[0].filters["filters"][0]["value"] == group
     assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 4 + 1 + 1 + 1 + 1
     assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.dashboard {wandb_grid}" in printed
+    # Runs given one by one: the view shows those runs, by their W&B ids, not their whole group.
+    two = [read_run(job) for job in jobs[:2]]
+    ids = [next(job.glob("wandb/offline-run-*")).name.rsplit("-", 1)[1] for job in jobs[:2]]
+    assert describe(two, "two runs", chosen_runs=True)["filter"] == {"ids": ids}
 
 
 @slow

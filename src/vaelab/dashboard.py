@@ -124,10 +124,14 @@ def _logged_by_any(runs: list[LoggedRun], *keys: str) -> list[str]:
     return [key for key in keys if any(key in run.keys for run in runs)]
 
 
-def describe(runs: list[LoggedRun], name: str) -> dict[str, Any]:
-    """vaelab's description of the view: its filter, grouping and sections with the keys they draw."""
+def describe(runs: list[LoggedRun], name: str, chosen_runs: bool = False) -> dict[str, Any]:
+    """vaelab's description of the view: its filter, grouping and sections with the keys they draw.
+
+    The filter is the sweep's W&B group when the runs are one sweep's, given as its directory; runs
+    given one by one (`chosen_runs`) are filtered by their W&B ids, so the view shows them alone.
+    """
     groups = {run.group for run in runs}
-    if len(groups) == 1 and None not in groups:
+    if not chosen_runs and len(groups) == 1 and None not in groups:
         run_filter = {"group": groups.pop()}
     else:
         run_filter = {"ids": [run.wandb_id for run in runs]}
@@ -289,7 +293,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     log.info("read %d runs' W&B files and CSV records in %.1f s", len(runs), time.perf_counter() - started)
     name = args.name or next((run.group for run in runs if run.group), None) or f"vaelab: {len(runs)} runs"
-    description = describe(runs, name)
+    description = describe(runs, name, chosen_runs=any(path in dirs for path in args.paths))
     online = os.environ.get("WANDB_MODE", "").lower() == "online"
     if online:
         import wandb
