@@ -243,7 +243,8 @@ def main() -> None:
 
     def sweep(name: str, r: int, launcher: list[str]) -> float:
         sweep_dir = work / f"{name}-r{r}"
-        wall, _ = timed([*train_py, "-m", f"seed={SWEEP_SEEDS}", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}",
+        # -m before the overrides: Hydra's argparse takes one run of positional overrides.
+        wall, _ = timed([*train_py[:2], "-m", *train_py[2:], f"seed={SWEEP_SEEDS}", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}",
                          *launcher], name)
         done = [p for p in sweep_dir.glob("*/metrics.json") if json.loads(p.read_text()).get("status") == "completed"]
         if len(done) != len(SWEEP_SEEDS.split(",")):
