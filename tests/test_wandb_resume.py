@@ -134,3 +134,25 @@ def test_a_run_file_cut_short_is_read_to_its_last_whole_record(first_run, tmp_pa
     cut.write_bytes(whole[: len(whole) // 2])
     read = list(history(cut))
     assert 0 < len(read) < len(rows) and read == rows[: len(read)]
+
+
+def test_lightning_still_has_the_private_wandb_logger_attributes_vaelab_uses(monkeypatch):
+    """vaelab/training/lightning_compat.py reads Lightning's WandbLogger internals; an upgrade that drops
+    or renames one fails here, not in a resumed run."""
+    import pytorch_lightning as pl
+
+    from vaelab.training.lightning_compat import (WANDB_LOGGER_PRIVATE, artifact_name, logged_checkpoint_times,
+                                                  logged_keys, missing_wandb_attributes, set_wandb_run_id,
+                                                  started_wandb_run, wandb_init_arguments)
+    from vaelab.training.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="vaelab", prefix="p", checkpoint_name="best-model")
+    assert not missing_wandb_attributes(logger), (
+        f"pytorch-lightning {pl.__version__} lacks WandbLogger.{', '.join(missing_wandb_attributes(logger))}; "
+        f"update vaelab/training/lightning_compat.py (needs {', '.join(WANDB_LOGGER_PRIVATE)})")
+    set_wandb_run_id(logger, "abc123")
+    assert wandb_init_arguments(logger)["id"] == "abc123" and logger.version == "abc123"
+    assert started_wandb_run(logger) is None  # asking does not start a run
+    assert logged_checkpoint_times(logger) == {} and artifact_name(logger) == "best-model"
+    assert logged_keys(logger, {"val/loss": 1.0}) == {"p-val/loss"}

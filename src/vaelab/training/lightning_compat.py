@@ -6,12 +6,23 @@ checkpoints all follow that count). Lightning's manual-optimisation loop install
 optimizer wrapper, `_on_before_step` and `_on_after_step`, which do exactly that bookkeeping
 around `step()`; `CountedStep` calls them around a step that Lightning does not see.
 
-A test in tests/test_training_step.py fails with a clear message when a Lightning upgrade drops
-them; pyproject.toml pins pytorch-lightning to the minor version tested.
+Lightning's WandbLogger keeps in private attributes what vaelab's WandbLogger (training/loggers.py)
+needs to log into a checkpoint's W&B run: the arguments wandb.init will get (to set the run id
+before the run starts), the run if it has started (without starting it), its record of the
+checkpoint files already logged, the artifact name it was given, and its metric-key prefix. The
+functions below are the only places that touch them.
+
+Tests in tests/test_training_step.py and tests/test_wandb_resume.py fail with a clear message when
+a Lightning upgrade drops any of them; pyproject.toml pins pytorch-lightning to the minor version
+tested.
 """
 
+from typing import Any, Optional
+
 import pytorch_lightning as pl
+from lightning_fabric.utilities.logger import _add_prefix
 from pytorch_lightning.core.optimizer import LightningOptimizer
+from pytorch_lightning.loggers import WandbLogger
 
 PRIVATE_HOOKS = ("_on_before_step", "_on_after_step")
 
@@ -40,3 +51,40 @@ class CountedStep:
 
     def __exit__(self, *exc_info) -> None:
         self.optimizer._on_after_step()
+
+
+WANDB_LOGGER_PRIVATE = ("_wandb_init", "_experiment", "_logged_model_time", "_checkpoint_name", "_prefix", "_id")
+
+
+def missing_wandb_attributes(logger: WandbLogger) -> list[str]:
+    return [name for name in WANDB_LOGGER_PRIVATE if not hasattr(logger, name)]
+
+
+def wandb_init_arguments(logger: WandbLogger) -> dict[str, Any]:
+    """The keyword arguments the logger will pass to wandb.init (the dict itself: changes count)."""
+    return logger._wandb_init
+
+
+def set_wandb_run_id(logger: WandbLogger, run_id: str) -> None:
+    """Log into the W&B run `run_id` (before the run starts)."""
+    logger._id = logger._wandb_init["id"] = run_id
+
+
+def started_wandb_run(logger: WandbLogger) -> Optional[Any]:
+    """The logger's W&B run if it has started, without starting it (`logger.experiment` would)."""
+    return logger._experiment
+
+
+def logged_checkpoint_times(logger: WandbLogger) -> dict[str, float]:
+    """Lightning's record of the checkpoint files logged as artifacts: path → modification time."""
+    return logger._logged_model_time
+
+
+def artifact_name(logger: WandbLogger) -> Optional[str]:
+    """The checkpoint artifact's name given to the logger (`checkpoint_name`), if any."""
+    return logger._checkpoint_name
+
+
+def logged_keys(logger: WandbLogger, metrics: dict[str, Any]) -> frozenset[str]:
+    """The keys under which `logger.log_metrics(metrics)` records the values (its prefix added)."""
+    return frozenset(_add_prefix(dict(metrics), logger._prefix, logger.LOGGER_JOIN_CHAR))

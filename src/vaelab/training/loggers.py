@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from lightning_fabric.utilities.logger import _add_prefix
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from vaelab.checkpoints import read_checkpoint
 from vaelab.sweeps.jobs import override_tags, sweep_group
+from vaelab.training.lightning_compat import (artifact_name, logged_checkpoint_times, logged_keys, set_wandb_run_id,
+                                              started_wandb_run, wandb_init_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class WandbLogger(LightningWandbLogger):
         super().__init__(offline=False, mode=None if online else "offline", group=group or sweep_group(),
                          tags=list(dict.fromkeys([*tags, *override_tags()])), log_model=log_model,
                          add_file_policy=add_file_policy or ("immutable" if log_model is True else "mutable"), **kwargs)
+        self._best_only = log_model is True  # log the tested checkpoint once, not Lightning's choice
         self._earlier_logs: list[str] = []  # the transaction logs of the attempts this run resumes
         self._resumed_at: Optional[int] = None  # the checkpoint's global step
         self._already_logged: Optional[set[tuple[int, frozenset[str]]]] = None
@@ -72,21 +74,22 @@ class WandbLogger(LightningWandbLogger):
     def continue_run(self, state: dict[str, Any], step: int) -> None:
         """Log into the W&B run a checkpoint at global step `step` belongs to (its `wandb_run`),
         unless the config names a run id itself (`+logger.wandb.id=...`: a branch of its own)."""
-        if self._experiment is not None:
+        if started_wandb_run(self) is not None:
             raise RuntimeError("continue_run must come before the W&B run starts")
-        if self._wandb_init.get("id"):
+        init = wandb_init_arguments(self)
+        if init.get("id"):
             log.info("W&B: logging into run %s (logger.wandb.id), not into the checkpoint's run %s",
-                     self._wandb_init["id"], state["id"])
+                     init["id"], state["id"])
             return
-        self._id = self._wandb_init["id"] = state["id"]
-        self._wandb_init["resume"] = "allow"
+        set_wandb_run_id(self, state["id"])
+        init["resume"] = "allow"
         self._earlier_logs = [str(p) for p in state.get("logs", [])]
         self._resumed_at = step
         log.info("W&B: continuing run %s from step %d", state["id"], step)
 
     def checkpoint_state(self) -> Optional[dict[str, Any]]:
         """What a checkpoint keeps of this W&B run; None where the run has not started (other ranks)."""
-        run = self._experiment
+        run = started_wandb_run(self)
         if run is None or not getattr(run, "id", None):
             return None
         return {"id": run.id, "logs": [*self._earlier_logs, os.path.abspath(run.settings.sync_file)]}
@@ -100,7 +103,7 @@ class WandbLogger(LightningWandbLogger):
             for path in self._earlier_logs:
                 if not Path(path).is_file():
                     log.warning("W&B: %s (an earlier part of run %s) is not here: steps it logged after the checkpoint "
-                                "may be in the run twice", path, self._id)
+                                "may be in the run twice", path, self.version)
                     continue
                 for row in history(path):
                     step = row.get(LIGHTNING_STEP)
@@ -110,20 +113,20 @@ class WandbLogger(LightningWandbLogger):
             if self._already_logged:
                 steps = sorted({step for step, _ in self._already_logged})
                 log.info("W&B: run %s holds %d rows at steps %d-%d, logged after the checkpoint by the run it resumes; "
-                         "it keeps them, and the same rows are not logged again", self._id, len(self._already_logged),
+                         "it keeps them, and the same rows are not logged again", self.version, len(self._already_logged),
                          steps[0], steps[-1])
         return self._already_logged
 
     @rank_zero_only
     def log_metrics(self, metrics, step: Optional[int] = None) -> None:
         if step is not None and self._resumed_at is not None and step >= self._resumed_at:
-            names = frozenset(_add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR))
+            names = logged_keys(self, metrics)
             if (step, names) in self._rows_already_logged():
                 return
         super().log_metrics(metrics, step)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        if self._log_model is True:  # the best one, at the end (finalize), whatever save_top_k
+        if self._best_only:  # the best one, at the end (finalize), whatever save_top_k
             self._best_of = checkpoint_callback
         else:
             super().after_save_checkpoint(checkpoint_callback)
@@ -131,7 +134,7 @@ class WandbLogger(LightningWandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if status == "success" and self._best_of is not None and self._experiment is not None:
+        if status == "success" and self._best_of is not None and started_wandb_run(self) is not None:
             self._log_best_checkpoint(self._best_of)
 
     def _log_best_checkpoint(self, callback) -> None:
@@ -139,7 +142,7 @@ class WandbLogger(LightningWandbLogger):
             return
         path = str(Path(callback.best_model_path).resolve())  # offline, `wandb sync` reads it from here
         written = Path(path).stat().st_mtime
-        if self._logged_model_time.get(path) == written:  # fit, then test: logged once
+        if logged_checkpoint_times(self).get(path) == written:  # fit, then test: logged once
             return
         import wandb
 
@@ -147,11 +150,11 @@ class WandbLogger(LightningWandbLogger):
         metadata = {"score": score.item() if isinstance(score, torch.Tensor) else score,
                     "original_filename": Path(path).name,
                     "ModelCheckpoint": {"monitor": callback.monitor, "mode": callback.mode}}
-        artifact = wandb.Artifact(name=self._checkpoint_name or f"model-{self.experiment.id}", type="model",
+        artifact = wandb.Artifact(name=artifact_name(self) or f"model-{self.experiment.id}", type="model",
                                   metadata=metadata)
         artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
         self.experiment.log_artifact(artifact, aliases=["best", "latest"])
-        self._logged_model_time[path] = written
+        logged_checkpoint_times(self)[path] = written
 
     def finish(self, failed: bool = False) -> None:
         """Close the run so its file is complete and the next sweep job starts a new run.
