@@ -239,18 +239,29 @@ def vaelab_loop(data_root: Path, batch_size: int, device: torch.device, extra: l
     return epochs
 
 
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+    return platform.processor() or platform.machine()
+
+
+def remove_work_dir(work: Path, keep: bool) -> None:
+    """The benchmarks' temporary run directories: removed, or kept (--keep) and said where."""
+    if keep:
+        print(f"run directories kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
 
 
 def timed_epochs(run, epochs: int, device: torch.device) -> list[float]:

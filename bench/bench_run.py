@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_epoch import prepare_data  # noqa: E402
+from bench_epoch import cpu_name, prepare_data, remove_work_dir  # noqa: E402
 
 ROWS = ["import-torch", "import-vaelab", "bare-lightning", "default-1", "default-10", "eval", "sweep-4-serial",
         "sweep-4-joblib"]
@@ -161,14 +160,7 @@ def top_imports(output: str, n: int = 8) -> list[tuple[str, float]]:
 
 
 def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = ""
     try:
         names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
@@ -374,10 +366,7 @@ def main() -> None:
         header = [f"Machine: {describe_machine()}. Data: {data_note}. {args.rounds} round(s).", ""]
         args.out.write_text("\n".join(header + lines) + "\n")
         print(f"\nmarkdown: {args.out}")
-    if args.keep:
-        print(f"run directories kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    remove_work_dir(work, args.keep)
 
 
 if __name__ == "__main__":

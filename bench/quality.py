@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_epoch import ExamplesVAE  # noqa: E402
+from bench_epoch import ExamplesVAE, remove_work_dir  # noqa: E402
 from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood  # noqa: E402
 
 DATA_DIRS = (Path("/usr/share/datasets/fashion-mnist"), REPO / ".bench-data")
@@ -457,10 +457,7 @@ def main() -> None:
     print("\n" + section)
     write_readme(section, args.out)
     print(f"\nwritten to {args.out}")
-    if args.keep:
-        print(f"run directories kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    remove_work_dir(work, args.keep)
 
 
 if __name__ == "__main__":
