@@ -37,14 +37,15 @@ from omegaconf import OmegaConf
 from vaelab.evaluation.compare import find_runs
 from vaelab.files import write_json
 from vaelab.rundir import read_record
+from vaelab.sweeps.jobs import LOCATION_KEYS
 from vaelab.wandb_offline import summarize
 
 log = logging.getLogger("vaelab.dashboard")
 
 SPEC_FILE = "dashboard.json"
 TERMS = ("recon", "kl", "nelbo", "loss")  # the loss components, in the order drawn
-# Overrides that say where things are, not what is trained: never a hyperparameter axis.
-LOCATION_PREFIXES = ("paths.", "data.data_dir", "data.mirrors", "data.system_dir", "ckpt_path", "hydra", "logger")
+# Overrides that say where things are or how a run logs, not what is trained: never a hyperparameter axis.
+NOT_AXES = (*LOCATION_KEYS, "logger")
 # W&B's own history keys and Lightning's bookkeeping: not metrics to draw.
 NOT_METRICS = ("_", "epoch", "trainer/global_step", "step")
 
@@ -115,7 +116,7 @@ def read_run(run_dir: Path) -> LoggedRun:
 def swept_keys(runs: list[LoggedRun]) -> list[str]:
     """The config keys whose override differs between the runs (the sweep's axes), in command-line
     order; a config group's choice (`model=ae,vae`) is its `<group>.name` key, which the runs log."""
-    keys = list(dict.fromkeys(k for run in runs for k in run.overrides if not k.startswith(LOCATION_PREFIXES)))
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides if not k.startswith(NOT_AXES)))
     swept = [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
     return [f"{k}.name" if "." not in k and k in runs[0].group_names else k for k in swept]
 

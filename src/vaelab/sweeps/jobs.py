@@ -44,7 +44,7 @@ log = logging.getLogger("vaelab")
 # Set for the process that runs one multi-device sweep job: its W&B group, and that it is a job.
 SWEEP_GROUP_ENV = "VAELAB_SWEEP_GROUP"
 # Overrides that say where things are, not what is trained: not worth a W&B tag.
-_LOCATION_KEYS = ("paths.", "data.data_dir", "data.mirrors", "data.system_dir", "ckpt_path", "hydra.", "hydra/")
+LOCATION_KEYS = ("paths.", "data.data_dir", "data.mirrors", "data.system_dir", "ckpt_path", "hydra.", "hydra/")
 _MAX_TAG_LENGTH = 64  # W&B rejects longer tags
 
 
@@ -77,7 +77,7 @@ def override_tags() -> list[str]:
     tags = []
     for override in HydraConfig.get().overrides.task:
         override = str(override).lstrip("+~")
-        if not override.startswith(_LOCATION_KEYS):
+        if not override.startswith(LOCATION_KEYS):
             tags.append(override[:_MAX_TAG_LENGTH])
     return tags
 

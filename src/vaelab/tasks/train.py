@@ -91,15 +91,16 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     clipping = {key: cfg.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None
     ckpt_path = cfg.get("ckpt_path") or _resume_in_place(run_dir)
-    if ckpt_path:  # before any training: a file that is unreadable, unsafe or of another model is one line
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
+    if checkpoint is not None:  # before any training: a file that is unreadable, unsafe or of another model is one line
         model_keys = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
-        check_resumable(read_checkpoint(ckpt_path), ckpt_path, model_keys, optimizer, clipping,
-                        list(datamodule.image_shape))
+        check_resumable(checkpoint, ckpt_path, model_keys, optimizer, clipping, list(datamodule.image_shape))
     module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range),
                    optimizer=optimizer, **clipping)
     loggers = build_each("logger", cfg.get("logger"))
-    if ckpt_path:  # a resume logs into the checkpoint's W&B run (vaelab.training.loggers)
-        continue_wandb_run(loggers, ckpt_path)
+    if checkpoint is not None:  # a resume logs into the checkpoint's W&B run (vaelab.training.loggers)
+        continue_wandb_run(loggers, checkpoint, ckpt_path)
+    del checkpoint  # Lightning reads the file again to restore the trainer: do not hold it twice
     callbacks = build_each("callbacks", cfg.get("callbacks"))
     # Checkpoints are written atomically in their own directory and read with weights_only=True.
     trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks,

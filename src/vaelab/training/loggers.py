@@ -25,7 +25,6 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from vaelab.checkpoints import read_checkpoint
 from vaelab.sweeps.jobs import override_tags, sweep_group
 from vaelab.training.lightning_compat import (artifact_name, logged_checkpoint_times, logged_keys, set_wandb_run_id,
                                               started_wandb_run, wandb_init_arguments)
@@ -180,19 +179,11 @@ def wandb_checkpoint_state(loggers: Sequence[Logger]) -> Optional[dict[str, Any]
     return None
 
 
-def continue_wandb_run(loggers: Sequence[Logger], ckpt_path: Union[str, Path]) -> None:
-    """A resume from `ckpt_path` logs into the checkpoint's W&B run (before the run starts).
-
-    The checkpoint was read and checked before (vaelab.checkpoints); here it is memory-mapped,
-    so that its tensors are not read a second time.
-    """
+def continue_wandb_run(loggers: Sequence[Logger], checkpoint: dict[str, Any], ckpt_path: Union[str, Path]) -> None:
+    """A resume from `checkpoint` (read from `ckpt_path`) logs into its W&B run (before the run starts)."""
     wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
     if not wandb_loggers:
         return
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, ValueError):  # a file in torch's legacy format cannot be memory-mapped
-        checkpoint = read_checkpoint(ckpt_path)
     state = checkpoint.get(CHECKPOINT_KEY)
     if state is None:
         log.info("W&B: %s belongs to no W&B run (trained with another logger): this run starts a new one", ckpt_path)
