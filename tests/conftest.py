@@ -6,6 +6,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -97,10 +98,11 @@ def small_run_overrides(data_dir: Path, log_dir: Path) -> list[str]:
     ]
 
 
-def run_entry_point(*args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python train.py ...` in a subprocess, as a user runs it; W&B stays offline."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+def run_entry_point(*args: str, script: str = "train.py", timeout: int = 300,
+                    env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """`python train.py ...` in a subprocess, as a user runs it; W&B stays offline; `env` added."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {**inherited, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -7,6 +7,7 @@ Jobs are tiny (one epoch of 8 batches); the slow tests share one synthetic data 
 import csv
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_entry_point, small_run_overrides
+from vaelab.sweeps import workers
 from vaelab.sweeps.jobs import _one_process
 from vaelab.sweeps.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, main as summary_main, write_summary
 from vaelab.wandb_offline import summarize
@@ -26,9 +28,9 @@ from vaelab.wandb_offline import summarize
 slow = pytest.mark.slow
 
 
-def _sweep(data_dir: Path, log_dir: Path, *args: str, multirun: bool = True, timeout: int = 400):
+def _sweep(data_dir: Path, log_dir: Path, *args: str, multirun: bool = True, timeout: int = 400, env=None):
     overrides = [o for o in small_run_overrides(data_dir, log_dir) if not o.startswith("trainer.max_epochs")]
-    return run_entry_point(*(["-m"] if multirun else []), *overrides, "trainer.max_epochs=1", *args, timeout=timeout)
+    return run_entry_point(*(["-m"] if multirun else []), *overrides, "trainer.max_epochs=1", *args, timeout=timeout, env=env)
 
 
 def _only_sweep_dir(log_dir: Path) -> Path:
@@ -94,6 +96,20 @@ def test_study_configs_are_sweeps():
         cfg = _compose(f"experiment={experiment}")
         assert cfg.hydra.mode.name == "MULTIRUN"
         assert dict(cfg.hydra.sweeper.params) == params
+
+
+def test_worker_slots_are_the_lowest_free_ones_and_freed_with_their_holder(tmp_path):
+    first, second, third = (workers.claim_slot(tmp_path) for _ in range(3))
+    assert (first, second, third) == (0, 1, 2)
+    workers._held.pop(1).close()  # the worker of slot 1 exits: its lock goes with it
+    assert workers.claim_slot(tmp_path) == 1
+    while workers._held:
+        workers._held.pop().close()
+
+
+@pytest.mark.parametrize(("n_jobs", "expected"), [(2, 2), (-1, 16), (-2, 15), (None, 1), (64, 64)])
+def test_n_jobs_means_what_joblib_makes_of_it(n_jobs, expected):
+    assert workers.resolved_n_jobs(n_jobs, cores=16) == expected
 
 
 @pytest.mark.parametrize(("devices", "nodes", "one"), [(1, 1, True), ("1", 1, True), ([0], 1, True), (2, 1, False),
@@ -281,14 +297,26 @@ def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared
 
 
 @slow
-def test_joblib_launcher_runs_two_jobs(shared_data_dir, tmp_path):
+def test_joblib_launcher_gives_each_worker_its_own_gpu_and_share_of_the_cores(shared_data_dir, tmp_path):
     log_dir = tmp_path / "outputs"
+    # Two GPUs as the sweep sees them (names only: the jobs train on the CPU, which ignores them).
     result = _sweep(shared_data_dir, log_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                    "model.latent_dim=4,8", "logger=csv")
+                    "model.latent_dim=4,8,12", "logger=csv", env={"CUDA_VISIBLE_DEVICES": "3,5"})
     assert result.returncode == 0, _output(result)
     sweep_dir = _only_sweep_dir(log_dir)
     assert "JoblibLauncher" in OmegaConf.load(sweep_dir / "multirun.yaml").hydra.launcher._target_
-    assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [("vae-z4-beta1", "completed"), ("vae-z8-beta1", "completed")]
+    assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [
+        ("vae-z4-beta1", "completed"), ("vae-z8-beta1", "completed"), ("vae-z12-beta1", "completed")]
+    workers = [_metrics(job)["worker"] for job in _job_dirs(sweep_dir)]
+    cores = os.cpu_count() or 1
+    for worker in workers:  # slot s of 2 workers: GPU s mod 2 of "3,5", cores // 2 threads
+        assert worker["workers"] == 2 and worker["slot"] in (0, 1)
+        assert worker["cuda_visible_devices"] == ["3", "5"][worker["slot"]]
+        assert 1 <= worker["torch_threads"] <= max(1, cores // 2)
+    by_process = {w["pid"]: w["slot"] for w in workers}
+    assert len(set(by_process.values())) == len(by_process), workers  # two processes never share a slot
+    for job in _job_dirs(sweep_dir):  # the job itself ran with that one GPU visible
+        assert f"CUDA_VISIBLE_DEVICES={_metrics(job)['worker']['cuda_visible_devices']}" in (job / "train.log").read_text()
 
 
 @slow

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import METRICS_FILE, is_rank_zero_process, read_record, write_record
+from vaelab.sweeps.workers import take_worker_slot
 
 log = logging.getLogger("vaelab")
 
@@ -98,6 +99,11 @@ def _one_process(trainer_cfg: Optional[DictConfig]) -> bool:
     else:
         count = devices
     return count == 1 and nodes in (1, None)
+
+
+def in_joblib_worker() -> bool:
+    """A multirun job that Hydra's joblib launcher handed to one of its worker processes."""
+    return in_multirun() and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")).lower()
 
 
 def needs_own_process(cfg: DictConfig) -> bool:
@@ -162,6 +168,9 @@ def run_sweep_job(check: Callable[[DictConfig], None], task: Callable[[DictConfi
     """
     try:
         check(cfg)  # a bad value fails here with its message, before any data or process
+        if in_joblib_worker():  # one GPU and a share of the cores per worker (vaelab.sweeps.workers)
+            hydra_cfg = HydraConfig.get()
+            take_worker_slot(Path(hydra_cfg.sweep.dir), hydra_cfg.launcher.get("n_jobs"), needs_own_process(cfg))
         if needs_own_process(cfg):
             return run_in_own_process(cfg, entry_point)
         return task(cfg)

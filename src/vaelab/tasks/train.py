@@ -19,6 +19,7 @@ from vaelab.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpo
 from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import (interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir, refuse_earlier_run,
                            release_run_dir, write_record)
+from vaelab.sweeps.workers import current_worker
 from vaelab.tasks.build import build, build_each
 from vaelab.training.callbacks import BestEpochMetrics, Preemption
 from vaelab.training.loggers import continue_wandb_run, finish_loggers, log_hyperparameters
@@ -158,6 +159,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> Optional[float]:
                           accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
                           model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
                           latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
+            if current_worker() is not None:  # a joblib worker's GPU and threads (vaelab.sweeps.workers)
+                record["worker"] = current_worker().as_record()
             _write_record_keeping_the_error(run_dir, record, failing=failed)
             finish_loggers(loggers, failed=failed)
 
