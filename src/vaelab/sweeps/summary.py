@@ -119,16 +119,27 @@ def _is_setting(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS)
 
 
+# Parsed configs by (path, size, mtime): the summary is rewritten after every job of a sweep, and
+# parsing each earlier job's YAML again made a 16-job sweep's summaries cost seconds.
+_PARSED_CONFIGS: dict[tuple[str, int, int], Optional[dict[str, Any]]] = {}
+
+
 def run_config(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's composed config as Hydra saved it (`.hydra/config.yaml`, interpolations left as
     written), flattened to dotted keys; None when the file is missing or unreadable."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
     try:
-        return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    except Exception:  # a half-written or foreign file: the run is grouped by its overrides, or alone
+        stat = path.stat()
+    except OSError:
         return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _PARSED_CONFIGS:
+        try:
+            _PARSED_CONFIGS[key] = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        except Exception:  # a half-written or foreign file: the run is grouped by its overrides, or alone
+            _PARSED_CONFIGS[key] = None
+    config = _PARSED_CONFIGS[key]
+    return dict(config) if config is not None else None
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
