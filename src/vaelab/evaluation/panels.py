@@ -2,7 +2,8 @@
 
 Grids of decoded images are 28×28 tiles with 2-pixel grey borders, so a grid of r rows and
 c columns of H×W images is (r·(H+2)+2) × (c·(W+2)+2) pixels. Charts (scatter, KL bars) are
-matplotlib figures rendered without pyplot, so no global state or display is touched.
+matplotlib figures rendered without pyplot, so no global state or display is touched, and with
+fixed margins: `tight_layout` measured every tick label again and took half of a chart's time.
 """
 
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def decode_means(model, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor
 
 def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str) -> np.ndarray:
     fig = Figure(figsize=(5, 5), dpi=100)
+    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.1, top=0.93)
     ax = fig.add_subplot()
     points, classes = coords.cpu().numpy(), labels.cpu().numpy()
     for c in np.unique(classes):
@@ -57,12 +59,12 @@ def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], t
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=9)
     ax.legend(markerscale=2, fontsize=7, loc="best", title="label", title_fontsize=7)
-    fig.tight_layout()
     return figure_image(fig)
 
 
 def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
     fig = Figure(figsize=(6, 3), dpi=100)
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.16, top=0.9)
     ax = fig.add_subplot()
     dims = np.arange(1, len(kl) + 1)
     colours = ["C0" if a else "C7" for a in active.cpu().numpy()]
@@ -70,7 +72,6 @@ def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("KL (nats, mean over images)")
     ax.set_title(f"KL per dimension; blue: active (Cov_x(E_q[z_i]) > {ACTIVE_THRESHOLD}), grey: inactive", fontsize=8)
-    fig.tight_layout()
     return figure_image(fig)
 
 

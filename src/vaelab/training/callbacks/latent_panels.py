@@ -38,7 +38,7 @@ class LatentPanels(pl.Callback):
     and every image-capable logger, epochs counted from 0 like the checkpoints.
     """
 
-    def __init__(self, every_n_epochs: int = 1, n_images: int = 8, n_samples: int = 64, n_scatter: int = 2000,
+    def __init__(self, every_n_epochs: int = 5, n_images: int = 8, n_samples: int = 64, n_scatter: int = 2000,
                  interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
                  max_val_images: Optional[int] = 10000, output_dir: Optional[str] = None, seed: int = 0):
         self.every_n_epochs, self.n_scatter, self.max_val_images = every_n_epochs, n_scatter, max_val_images
