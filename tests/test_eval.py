@@ -65,8 +65,9 @@ def evaluated(shared_data_dir, tmp_path_factory):
     metrics = {m: json.loads((runs[m] / "metrics.json").read_text()) for m in ("vae", "ae")}
     # No data overrides: eval takes them from the training runs' .hydra/config.yaml.
     checkpoints = ",".join(metrics[m]["best_checkpoint"] for m in ("vae", "ae"))
+    # Its own classifier folder: other test files may already have cached one beside the shared data.
     _ok(run_entry_point("-m", f"ckpt_path={checkpoints}", f"paths.log_dir={log_dir}", f"eval.k={K}",
-                        "eval.n_samples=200", script="eval.py"))
+                        "eval.n_samples=200", f"eval.classifier_dir={log_dir.parent / 'classifiers'}", script="eval.py"))
     out = {}
     for job, model in enumerate(("vae", "ae")):
         (eval_dir,) = log_dir.glob(f"evals/*/*_multi/{job}_*")
