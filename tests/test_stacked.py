@@ -1,0 +1,236 @@
+"""The stacked model (models/stacked.py): each member trains as the same VAE trained alone.
+
+A single run here is what train.py does around the model: seed, build, then Adam steps whose
+noise comes from the global generator. Members differ in seed, β, free bits and KL schedule;
+tiny sizes (6×6 images, 16 hidden units, 3 latent dimensions) keep the file fast.
+"""
+
+import math
+
+import pytest
+import torch
+
+from vaelab.models import AE, VAE
+from vaelab.models.stacked import StackedVAE, member_from_seed
+
+IMAGE = (1, 6, 6)
+HIDDEN = [16]
+LATENT = 3
+BATCH = 8
+STEPS = 4
+LR = 1e-2  # large enough that 4 Adam steps move every weight visibly
+SETTINGS = [  # one member each: a constant β, a linear warm-up with free bits, a capacity target
+    dict(beta=0.5),
+    dict(beta=4.0, free_bits=0.05, kl_schedule="linear", kl_period=3, kl_period_unit="step"),
+    dict(beta=1.0, kl_schedule="capacity", kl_period=2, kl_period_unit="step", kl_capacity=2.0),
+]
+SEEDS = [3, 7, 11]
+# float32: baddbmm and addmm sum in other orders, and Adam's m/√v magnifies rounding in small gradients.
+CLOSE = dict(rtol=1e-4, atol=1e-5)
+
+
+def _builder(settings: dict):
+    return lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="bce", **settings)
+
+
+def _batches(seed: int) -> torch.Tensor:
+    """(STEPS, B, C, H, W) grey-level images: one data order per seed, as a run's loader gives."""
+    return torch.rand(STEPS, BATCH, *IMAGE, generator=torch.Generator().manual_seed(100 + seed))
+
+
+def _adam(parameters) -> torch.optim.Adam:
+    # As vaelab.training.make_optimizer on the CPU (not imported: it brings in Lightning, 5 s).
+    return torch.optim.Adam(parameters, lr=LR, fused=True)
+
+
+def _train_alone(settings: dict, seed: int, batches: torch.Tensor, val_x: torch.Tensor):
+    """The single run: its per-step losses and gradients, its final weights and its eval losses."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _builder(settings)()
+        optimizer = _adam(model.parameters())
+        steps = []
+        for step, x in enumerate(batches):
+            model.advance(step, 1)
+            optimizer.zero_grad()
+            losses = model.losses(x)
+            losses["loss"].backward()
+            steps.append(({k: v.detach() for k, v in losses.items()},
+                          {name: p.grad.clone() for name, p in model.named_parameters()}))
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            val = model.losses(val_x)
+    return steps, model.state_dict(), val
+
+
+def _stack(settings: list[dict], seeds: list[int]) -> StackedVAE:
+    members = [member_from_seed(_builder(s), seed) for s, seed in zip(settings, seeds)]
+    return StackedVAE.from_members([m for m, _ in members], generators=[g for _, g in members])
+
+
+def _train_stacked(stack: StackedVAE, batches: torch.Tensor, poison=None):
+    """`batches` (STEPS, ...) shared or (N, STEPS, ...) per member; `poison(stack, step)` may break a member."""
+    optimizer = _adam(stack.parameters())
+    steps = []
+    for step in range(STEPS):
+        if poison is not None:
+            poison(stack, step)
+        stack.advance(step, 1)
+        optimizer.zero_grad()
+        losses = stack.losses(batches[step] if batches.dim() == len(IMAGE) + 2 else batches[:, step])
+        objective = stack.objective(losses)
+        assert torch.isfinite(objective)
+        objective.backward()
+        stack.mask_dead_gradients()
+        steps.append(({k: v.detach() for k, v in losses.items()},
+                      [stack.member_gradients(n) for n in range(stack.n)]))
+        optimizer.step()
+    return steps
+
+
+def _assert_member_equals_alone(stack, stacked_steps, n, alone_steps, alone_weights):
+    for step, ((losses, grads), (own_losses, own_grads)) in enumerate(zip(stacked_steps, alone_steps)):
+        for term in StackedVAE.terms:
+            torch.testing.assert_close(losses[term][n], own_losses[term], **CLOSE,
+                                       msg=lambda m: f"member {n}, step {step}, {term}: {m}")
+        for name, grad in own_grads.items():
+            torch.testing.assert_close(grads[n][name], grad, **CLOSE, msg=lambda m: f"member {n}, step {step}, {name}: {m}")
+    for name, weight in alone_weights.items():
+        torch.testing.assert_close(stack.member_state_dict(n)[name], weight, **CLOSE, msg=lambda m: f"member {n}, {name}: {m}")
+
+
+# ---------------------------------------------------------------- equality with single runs
+
+
+@pytest.mark.parametrize("n, per_member_data", [(2, False), (3, True)], ids=["2-members-shared-batches",
+                                                                             "3-members-own-batches"])
+def test_each_member_trains_as_it_would_alone(n, per_member_data):
+    settings, seeds = SETTINGS[:n], SEEDS[:n]
+    batches = [_batches(seed if per_member_data else 0) for seed in seeds]
+    val_x = torch.rand(BATCH, *IMAGE, generator=torch.Generator().manual_seed(0))
+    alone = [_train_alone(s, seed, b, val_x) for s, seed, b in zip(settings, seeds, batches)]
+
+    stack = _stack(settings, seeds)
+    stacked_steps = _train_stacked(stack, torch.stack(batches) if per_member_data else batches[0])
+    for member in range(n):
+        steps, weights, _ = alone[member]
+        _assert_member_equals_alone(stack, stacked_steps, member, steps, weights)
+
+    # Evaluation takes the values each schedule ends at, as a single VAE's does; the noise goes on in step.
+    stack.eval()
+    with torch.no_grad():
+        val = stack.losses(val_x)
+    for member in range(n):
+        for term in StackedVAE.terms:
+            torch.testing.assert_close(val[term][member], alone[member][2][term], **CLOSE)
+    assert stack.alive.all()
+
+
+def test_a_member_starts_from_its_seeds_initialisation_and_noise():
+    stack = _stack(SETTINGS[:2], SEEDS[:2])
+    eps = stack.noise(torch.zeros(2, BATCH, LATENT))  # (N, B, latent_dim): each member's first draw
+    for n, (settings, seed) in enumerate(zip(SETTINGS[:2], SEEDS[:2])):
+        torch.manual_seed(seed)
+        single = _builder(settings)()
+        for name, weight in single.state_dict().items():
+            assert torch.equal(stack.member_state_dict(n)[name], weight), name
+        # What the single run's first reparameterisation, torch.randn_like(std), draws: bit for bit.
+        assert torch.equal(eps[n], torch.randn(BATCH, LATENT))
+
+
+def test_without_generators_the_members_draw_different_noise_from_the_global_generator():
+    members = [_builder(s)() for s in SETTINGS[:2]]
+    stack = StackedVAE.from_members(members)
+    eps = stack.noise(torch.zeros(2, BATCH, LATENT))
+    assert eps.shape == (2, BATCH, LATENT) and not torch.equal(eps[0], eps[1])
+
+
+# ---------------------------------------------------------------- splitting back
+
+
+def test_member_state_dict_loads_into_the_single_model_and_round_trips():
+    members = [member_from_seed(_builder(s), seed)[0] for s, seed in zip(SETTINGS, SEEDS)]
+    stack = StackedVAE.from_members(members)
+    with torch.no_grad():  # weights the members never had: the split must come from the stack
+        for p in stack.parameters():
+            p.add_(torch.randn_like(p))
+    split = []
+    for n, settings in enumerate(SETTINGS):
+        single = _builder(settings)()
+        single.load_state_dict(stack.member_state_dict(n))  # strict: the same keys and shapes
+        split.append(single)
+    again = StackedVAE.from_members(split)
+    for name, value in stack.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    x = torch.rand(BATCH, *IMAGE)
+    for stacked, single in zip(again.encode(x), split[1].encode(x)):  # (mu, logvar): member 1's slice
+        torch.testing.assert_close(stacked[1], single)
+
+
+# ---------------------------------------------------------------- a failing member
+
+
+def test_a_nan_in_one_member_stops_that_member_not_the_stack():
+    val_x = torch.rand(BATCH, *IMAGE)
+    batches = [_batches(seed) for seed in SEEDS]
+    alone = [_train_alone(s, seed, b, val_x) for s, seed, b in zip(SETTINGS, SEEDS, batches)]
+
+    def poison(stack, step):  # member 1's weights become NaN before step 2: a run that diverged
+        if step == 2:
+            with torch.no_grad():
+                stack.fc_mu.weight[1].fill_(math.nan)
+
+    stack = _stack(SETTINGS, SEEDS)
+    stacked_steps = _train_stacked(stack, torch.stack(batches), poison)
+    assert stack.alive.tolist() == [True, False, True]
+    for member in (0, 2):
+        steps, weights, _ = alone[member]
+        _assert_member_equals_alone(stack, stacked_steps, member, steps, weights)
+    losses, grads = stacked_steps[2]
+    assert torch.isnan(losses["loss"][1])  # reported as it is, for the member's run to fail on
+    assert all(torch.count_nonzero(g) == 0 for g in grads[1].values())
+    # Only what was poisoned is NaN: Adam got zero gradients for the dead member, not NaN ones.
+    dead = stack.member_state_dict(1)
+    assert all(torch.isfinite(w).all() for name, w in dead.items() if name != "fc_mu.weight")
+
+
+def test_a_stopped_member_gets_no_gradient():
+    stack = _stack(SETTINGS[:2], SEEDS[:2])
+    stack.stop(0)
+    stack.objective(stack.losses(_batches(0)[0])).backward()
+    stack.mask_dead_gradients()
+    assert all(torch.count_nonzero(g) == 0 for g in stack.member_gradients(0).values())
+    assert all(torch.count_nonzero(g) > 0 for name, g in stack.member_gradients(1).items() if name.endswith("bias"))
+
+
+def test_gradient_clipping_takes_each_members_own_norm():
+    x = _batches(0)[0]
+    stack = _stack(SETTINGS, SEEDS)
+    stack.objective(stack.losses(x)).backward()
+    max_norm = 1.0
+    stack.clip_grad_norm_per_member(max_norm)
+    for n, (settings, seed) in enumerate(zip(SETTINGS, SEEDS)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            single = _builder(settings)()
+            single.losses(x)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(single.parameters(), max_norm)
+        for name, p in single.named_parameters():
+            torch.testing.assert_close(stack.member_gradients(n)[name], p.grad, **CLOSE)
+
+
+# ---------------------------------------------------------------- what does not stack
+
+
+@pytest.mark.parametrize("other", [
+    lambda: VAE(IMAGE, LATENT, [8], recon_loss="bce"),  # another width
+    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="mse"),  # another likelihood
+    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="bce", objective="iwae", k=2),
+    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="gaussian"),  # a learned σ: a parameter of its own
+    lambda: AE(IMAGE, LATENT, HIDDEN, recon_loss="bce"),
+    lambda: VAE(IMAGE, LATENT, [4, 4], net="conv", recon_loss="bce"),
+], ids=["width", "likelihood", "iwae", "learned-sigma", "ae", "conv"])
+def test_members_that_cannot_stack_are_refused(other):
+    with pytest.raises(ValueError):
+        StackedVAE.from_members([_builder({})(), other()])
