@@ -1,17 +1,28 @@
-"""Sweep throughput: jobs per hour when N small `python train.py` runs share one machine.
+"""Sweep throughput: jobs per hour of a real Hydra multirun, or of separate `python train.py` runs.
 
-    python bench/bench_sweep.py --concurrent 1 2 --jobs 4 --epochs 2
-    python bench/bench_sweep.py --concurrent 1 2 4 --jobs 8 -- trainer.accelerator=gpu
+    python bench/bench_sweep.py --jobs 16 --launchers basic joblib --base .base   # Hydra sweeps, this tree vs another
+    python bench/bench_sweep.py --jobs 16 --short                                  # jobs of 40 batches: the fixed cost
+    python bench/bench_sweep.py --processes --concurrent 1 2 --jobs 4 --epochs 2   # separate processes, N at a time
+    python bench/bench_sweep.py --jobs 8 -- trainer.accelerator=gpu                # extra train.py overrides after --
 
-For each N in --concurrent, runs --jobs complete training runs (startup, data, fit, test,
-metrics.json: all a sweep job does), at most N at a time, and prints wall time and jobs per
-hour. On one GPU several small runs overlap each other's host work; on a CPU they share the
-cores (each run then uses cores / N threads). The same effect inside a Hydra sweep comes from
-the joblib launcher (see README).
+Hydra sweeps (the default): `python train.py -m seed=0,...,J-1` with each --launchers entry:
+`basic` runs the jobs one after another in the sweep's process, `joblib` in n_jobs worker
+processes at once (--n-jobs, default: all cores). Every job is a complete run (data, fit with
+validation, checkpoints, diagnostics and panels, test, metrics.json), logger=csv, no progress
+bar. With --base DIR the same sweeps also run from the tree in DIR (an earlier commit: `mkdir
+.base && git archive <commit> | tar -x -C .base`), interleaved with this tree's, and the table
+gives this tree's jobs/hour over the base's: issue 13's "a 16-job single-device sweep reaches
+≥ 3× today's jobs/hour" is that ratio. --short makes each job 1 epoch of 40 batches, so that
+what a job costs besides training (what a GPU job of 10 epochs mostly is) dominates on a CPU.
+
+--processes: J separate `python train.py` runs, at most N at a time (each with cores / N
+threads): what the sweep's in-process jobs save against starting a process per job.
 """
 
 import argparse
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,12 +32,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_epoch import prepare_data  # noqa: E402
+from bench_epoch import cpu_name, prepare_data, remove_work_dir  # noqa: E402
+
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=40"]
 
 
-def run_jobs(concurrent: int, jobs: int, overrides: list[str]) -> float:
-    out = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+def clean_env(tree: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    if tree != REPO:  # the other tree's package first; the venv's editable install points at this one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def completed_jobs(sweep_dir: Path) -> int:
+    done = 0
+    for record in sweep_dir.glob("*/metrics.json"):
+        done += json.loads(record.read_text()).get("status") == "completed"
+    return done
+
+
+def hydra_sweep(tree: Path, launcher: str, jobs: int, n_jobs: int | None, overrides: list[str], work: Path) -> float:
+    """Wall seconds of one multirun of `jobs` seeds from `tree`; raises unless every job completed."""
+    sweep_dir = work / f"{tree.name}-{launcher}-{time.monotonic_ns()}"
+    command = [sys.executable, str(tree / "train.py"), "-m", *overrides, f"seed=range(0,{jobs})",
+               f"hydra.sweep.dir={sweep_dir}"]
+    if launcher == "joblib":
+        command += ["hydra/launcher=joblib", *([f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs else [])]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=tree, env=clean_env(tree), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    done = completed_jobs(sweep_dir)
+    if result.returncode != 0 or done != jobs:
+        raise RuntimeError(f"{tree.name} {launcher}: {done} of {jobs} jobs completed (exit {result.returncode}); "
+                           f"see {sweep_dir}\n{result.stderr[-2000:]}")
+    return wall
+
+
+def separate_processes(concurrent: int, jobs: int, overrides: list[str], work: Path) -> float:
+    out = work / f"processes-{concurrent}"
+    env = clean_env(REPO)
     threads = max(1, (os.cpu_count() or 1) // concurrent)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
@@ -46,19 +90,58 @@ def run_jobs(concurrent: int, jobs: int, overrides: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrent", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--launchers", nargs="+", choices=["basic", "joblib"], default=["basic", "joblib"])
+    parser.add_argument("--n-jobs", type=int, default=None, help="joblib's n_jobs (default: its own, all cores)")
+    parser.add_argument("--base", type=Path, default=None, help="a tree to time beside this one (e.g. .base)")
+    parser.add_argument("--rounds", type=int, default=1, help="each sweep this many times, trees interleaved")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--short", action="store_true", help="jobs of 1 epoch of 40 batches")
+    parser.add_argument("--processes", action="store_true", help="separate train.py processes instead of a sweep")
+    parser.add_argument("--concurrent", type=int, nargs="+", default=[1, 2], help="with --processes")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the sweep directories (printed)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args()
-    note, data_root = prepare_data(Path(tempfile.mkdtemp(prefix="bench-data-")), None)
-    print(f"data: {note}; each job: {args.epochs} epochs, batch {args.batch_size}, logger=csv, W&B off")
-    overrides = [f"data.data_dir={data_root}", "data.source=local", f"data.batch_size={args.batch_size}",
-                 f"trainer.max_epochs={args.epochs}", "logger=csv", "trainer.enable_progress_bar=false", *args.overrides]
-    for n in args.concurrent:
-        elapsed = run_jobs(n, args.jobs, overrides)
-        print(f"{n} at a time: {args.jobs} jobs in {elapsed:.1f} s = {3600 * args.jobs / elapsed:.1f} jobs/hour")
+    work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    note, data_root = prepare_data(work / "data", args.data_dir)
+    length = SHORT if args.short else [f"trainer.max_epochs={args.epochs}"]
+    overrides = [f"data.data_dir={data_root}", "data.source=local", f"data.batch_size={args.batch_size}", *length,
+                 "logger=csv", "trainer.enable_progress_bar=false", *args.overrides]
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; data: {note}")
+    print(f"each job: {' '.join(length)}, batch {args.batch_size}, logger=csv; {args.jobs} jobs\n")
+
+    if args.processes:
+        for n in args.concurrent:
+            elapsed = separate_processes(n, args.jobs, overrides, work)
+            print(f"{n} at a time: {args.jobs} jobs in {elapsed:.1f} s = {3600 * args.jobs / elapsed:.1f} jobs/hour")
+        remove_work_dir(work, args.keep)
+        return
+
+    trees = [REPO] + ([args.base.resolve()] if args.base else [])
+    walls: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for launcher in args.launchers:
+            for tree in trees:
+                wall = hydra_sweep(tree, launcher, args.jobs, args.n_jobs, overrides, work)
+                walls.setdefault((tree.name, launcher), []).append(wall)
+                print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s", flush=True)
+    print(f"\nmedian of {args.rounds}: wall s, jobs/hour")
+    for launcher in args.launchers:
+        per_hour = {}
+        for tree in trees:
+            wall = statistics.median(walls[(tree.name, launcher)])
+            per_hour[tree.name] = 3600 * args.jobs / wall
+            print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s  {per_hour[tree.name]:7.0f} jobs/hour")
+        if args.base:
+            print(f"  {launcher}: this tree / {args.base.name} = {per_hour[REPO.name] / per_hour[trees[1].name]:.2f}× the jobs/hour")
+    if args.base and "basic" in args.launchers and "joblib" in args.launchers:
+        best = max(3600 * args.jobs / statistics.median(walls[(REPO.name, l)]) for l in args.launchers)
+        base_serial = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "basic")])
+        base_joblib = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "joblib")])
+        print(f"  this tree's best / {args.base.name}'s basic = {best / base_serial:.2f}×, / its joblib = {best / base_joblib:.2f}×")
+    remove_work_dir(work, args.keep)
 
 
 if __name__ == "__main__":

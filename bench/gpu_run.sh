@@ -21,6 +21,19 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
+# Issue 13 only (ISSUE13=1 bash bench/gpu_run.sh; about 5 minutes on an H200): a default epoch against
+# its training batches, whole commands against a bare Lightning script, and a 16-job sweep of 10-epoch
+# jobs with joblib (8 workers) against .base (183e01c). .whl must then also hold hydra-joblib-launcher
+# and joblib; the loggers are CSV only (the lent machine has no wandb).
+if [ "${ISSUE13:-0}" = 1 ]; then
+  timeout 200 python3 bench/bench_epoch.py --batch-sizes 128 --epochs 3 --loops graph vaelab-default \
+    --vaelab-args logger=csv 2>&1 | tee "$OUT/bench_default_epoch.log"
+  timeout 240 python3 bench/bench_run.py --rounds 1 --only import-torch bare-lightning default-1 default-10 \
+    --out "$OUT/run_times.md" 2>&1 | tee "$OUT/bench_run.log"
+  timeout 300 python3 bench/bench_sweep.py --jobs 16 --epochs 10 --launchers joblib --n-jobs 8 \
+    $([ -d .base ] && echo --base .base) 2>&1 | tee "$OUT/bench_sweep.log"
+  exit 0
+fi
 BATCH_SIZES=${BATCH_SIZES:-128 1024}
 LOOPS=${LOOPS:-plain graph vaelab vaelab-eager}
 # A full default run (validation, checkpoints, panels, test) with and without the graph.
