@@ -234,3 +234,29 @@ def test_gradient_clipping_takes_each_members_own_norm():
 def test_members_that_cannot_stack_are_refused(other):
     with pytest.raises(ValueError):
         StackedVAE.from_members([_builder({})(), other()])
+
+
+def test_a_member_loads_back_and_its_optimizer_state_is_its_own_adam():
+    """load_member_state_dict inverts member_state_dict; member_optimizer_state is the Adam of member n alone."""
+    settings, seeds = SETTINGS[:2], SEEDS[:2]
+    stack = _stack(settings, seeds)
+    alone = [member_from_seed(_builder(s), seed)[0] for s, seed in zip(settings, seeds)]
+    x = torch.rand(2, BATCH, *IMAGE, generator=torch.Generator().manual_seed(5))
+    stacked_adam = _adam(stack.parameters())
+    stacked_adam.zero_grad()
+    stack.objective(stack.losses(x)).backward()
+    stacked_adam.step()
+    for n, model in enumerate(alone):
+        model.load_state_dict(stack.member_state_dict(n))
+        own = stack.member_optimizer_state(n, stacked_adam)
+        names = list(model.state_dict())
+        assert own["param_groups"][0]["params"] == list(range(len(names)))
+        for i, name in enumerate(names):
+            assert own["state"][i]["exp_avg"].shape == model.state_dict()[name].shape
+        torch.optim.Adam(model.parameters(), lr=LR, fused=True).load_state_dict(own)  # loads as a single Adam
+    before = stack.member_state_dict(0)
+    stack.load_member_state_dict(0, alone[1].state_dict())
+    for name, value in alone[1].state_dict().items():
+        assert torch.equal(stack.member_state_dict(0)[name], value)
+    stack.load_member_state_dict(0, before)
+    assert all(torch.equal(stack.member_state_dict(0)[k], v) for k, v in before.items())

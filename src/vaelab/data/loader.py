@@ -16,7 +16,32 @@ class EpochSeed:
         self.epoch = epoch
 
 
-class TensorBatchLoader:
+class ResumableLoader:
+    """A loader's place in its epoch, for mid-epoch checkpoints: `state_dict` holds the epoch and
+    the batches that `batches_done()` says were trained on (Lightning saves it in every checkpoint
+    and hands it back on resume). The count comes from the trainer, not from what the loader
+    yielded: Lightning fetches a batch ahead."""
+
+    sampler: EpochSeed
+    batches_done: Optional[Callable[[], int]]
+    _resume_at: Optional[tuple[int, int]]  # (epoch, batches already trained on)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done() if self.batches_done else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+    def first_batch(self) -> int:
+        """The batch this epoch starts at: after those a resumed checkpoint had trained on, else 0 (once)."""
+        if self._resume_at is None:
+            return 0
+        epoch, done = self._resume_at
+        self._resume_at = None
+        return done if epoch == self.sampler.epoch else 0
+
+
+class TensorBatchLoader(ResumableLoader):
     """Yields (images, labels) batches of `batch_size` from tensors that may live on the GPU.
 
     Sharding across `world_size` ranks follows torch's DistributedSampler: a permutation seeded
@@ -24,11 +49,8 @@ class TensorBatchLoader:
     so all ranks take the same number of steps, and rank r takes every world_size-th index from r.
     Evaluation (`pad=False`) shards without padding, so every image is counted exactly once.
 
-    Resumable: `state_dict` holds the epoch and the batches that `batches_done()` says were
-    trained on (Lightning saves it in every checkpoint and hands it back on resume), so a run
-    resumed from a mid-epoch checkpoint takes the rest of that epoch's permutation, not all of it.
-    The count comes from the trainer, not from what this loader yielded: Lightning fetches a
-    batch ahead.
+    Resumable (ResumableLoader): a run resumed from a mid-epoch checkpoint takes the rest of that
+    epoch's permutation, not all of it.
     """
 
     def __init__(
@@ -81,18 +103,8 @@ class TensorBatchLoader:
             order = order.repeat(repeats)[:total]
         return order[self.rank :: self.world_size]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done() if self.batches_done else 0}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
-
     def __iter__(self):
-        first = 0
-        if self._resume_at is not None:
-            epoch, done = self._resume_at
-            self._resume_at = None
-            first = done if epoch == self.sampler.epoch else 0
+        first = self.first_batch()
         # One gather per epoch into this epoch's order, then every batch is a slice (a view):
         # no kernel launch per step, which matters when the step itself is one CUDA graph.
         order = self.indices().to(self.images.device, non_blocking=True)

@@ -195,6 +195,38 @@ class StackedVAE(nn.Module):
         """Member n's weights as a state_dict that a VAE of the members' architecture loads (strict)."""
         return self._member_tensors(n, lambda p: p)
 
+    @torch.no_grad()
+    def load_member_state_dict(self, n: int, state_dict: dict[str, torch.Tensor]) -> None:
+        """Member n's weights from a state_dict of a VAE of the members' architecture (the inverse of
+        `member_state_dict`); exact copies."""
+        if self._member_names is None:
+            raise ValueError("member names are known only for a stack built with StackedVAE.from_members")
+        missing = [name for name in self._member_names if name not in state_dict]
+        if missing:
+            raise ValueError(f"the state_dict lacks {', '.join(missing)}")
+        for name, (stacked_name, p) in zip(self._member_names, self._stacked_parameters()):
+            p[n].copy_(_to_stacked_layout(stacked_name, state_dict[name]))
+
+    def member_optimizer_state(self, n: int, optimizer: torch.optim.Optimizer) -> dict:
+        """Member n's slice of an optimiser over this stack's parameters (one param group, e.g. the
+        fused Adam), as `optimizer.state_dict()` of the same optimiser over member n alone: its
+        parameters numbered in `member_state_dict`'s order, per-parameter tensors sliced, scalars (Adam's step)
+        as they are."""
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("member_optimizer_state takes an optimiser with one parameter group")
+        state = {}
+        for i, (name, p) in enumerate(self._stacked_parameters()):
+            for key, value in optimizer.state.get(p, {}).items():
+                if not torch.is_tensor(value):
+                    own = value
+                elif value.dim() == 0:
+                    own = value.clone()
+                else:
+                    own = _to_stacked_layout(name, value[n]).clone(memory_format=torch.contiguous_format)
+                state.setdefault(i, {})[key] = own
+        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(self._stacked_parameters())))}]}
+
     def member_gradients(self, n: int) -> dict[str, Optional[torch.Tensor]]:
         """Member n's gradients under the names of `member_state_dict` (None before any backward)."""
         return self._member_tensors(n, lambda p: p.grad)

@@ -55,14 +55,17 @@ class WandbLogger(LightningWandbLogger):
     """
 
     def __init__(self, group: Optional[str] = None, tags: Sequence[str] = (), log_model: Union[bool, str] = False,
-                 add_file_policy: Optional[str] = None, **kwargs: Any):
+                 add_file_policy: Optional[str] = None, tags_from_overrides: bool = True, **kwargs: Any):
         online = wandb_online()
         if not online:
             os.environ["WANDB_MODE"] = "offline"
+        # `tags_from_overrides=False`: the caller put this run's override tags into `tags` (the members
+        # of a stack are built in one process, under the last member's Hydra config).
+        overrides = override_tags() if tags_from_overrides else []
         # Lightning refuses log_model with its offline flag; W&B records artifacts offline too, so the
         # mode goes to wandb.init instead.
         super().__init__(offline=False, mode=None if online else "offline", group=group or sweep_group(),
-                         tags=list(dict.fromkeys([*tags, *override_tags()])), log_model=log_model,
+                         tags=list(dict.fromkeys([*tags, *overrides])), log_model=log_model,
                          add_file_policy=add_file_policy or ("immutable" if log_model is True else "mutable"), **kwargs)
         self._best_only = log_model is True  # log the tested checkpoint once, not Lightning's choice
         self._earlier_logs: list[str] = []  # the transaction logs of the attempts this run resumes
@@ -156,19 +159,16 @@ class WandbLogger(LightningWandbLogger):
         logged_checkpoint_times(self)[path] = written
 
     def finish(self, failed: bool = False) -> None:
-        """Close the run so its file is complete and the next sweep job starts a new run.
-
-        `wandb.run` is the run this logger started, if it started one (W&B has one per process).
-        """
-        import wandb
-
-        if wandb.run is not None:
+        """Close the run this logger started (if it did) so its file is complete and the next sweep
+        job starts a new run; the members of a stack each close their own (`reinit="create_new"`)."""
+        run = started_wandb_run(self)
+        if run is not None:
             state = self.checkpoint_state()
             if self._earlier_logs and state is not None and not wandb_online():
                 folders = " ".join(str(Path(p).parent) for p in state["logs"])
                 log.info("W&B run %s is offline in %d parts; publish it with: wandb sync %s", state["id"],
                          len(state["logs"]), folders)
-            wandb.run.finish(exit_code=1 if failed else 0)
+            run.finish(exit_code=1 if failed else 0)
 
 
 def wandb_checkpoint_state(loggers: Sequence[Logger]) -> Optional[dict[str, Any]]:
