@@ -4,10 +4,12 @@
     python bench/bench_sweep.py --jobs 16 --short                                  # jobs of 40 batches: the fixed cost
     python bench/bench_sweep.py --processes --concurrent 1 2 --jobs 4 --epochs 2   # separate processes, N at a time
     python bench/bench_sweep.py --jobs 8 -- trainer.accelerator=gpu                # extra train.py overrides after --
+    python bench/bench_sweep.py --jobs 32 --epochs 10 --stacked                    # + hydra/launcher=stacked (issue 14)
 
 Hydra sweeps (the default): `python train.py -m seed=0,...,J-1` with each --launchers entry:
 `basic` runs the jobs one after another in the sweep's process, `joblib` in n_jobs worker
-processes at once (--n-jobs, default: all cores). Every job is a complete run (data, fit with
+processes at once (--n-jobs, default: all cores), `stacked` (--stacked) as one stacked model
+(hydra/launcher=stacked: the seeds of the grid share one stack). Every job is a complete run (data, fit with
 validation, checkpoints, diagnostics and panels, test, metrics.json), logger=csv, no progress
 bar. With --base DIR the same sweeps also run from the tree in DIR (an earlier commit: `mkdir
 .base && git archive <commit> | tar -x -C .base`), interleaved with this tree's, and the table
@@ -58,6 +60,8 @@ def hydra_sweep(tree: Path, launcher: str, jobs: int, n_jobs: int | None, overri
                f"hydra.sweep.dir={sweep_dir}"]
     if launcher == "joblib":
         command += ["hydra/launcher=joblib", *([f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs else [])]
+    elif launcher == "stacked":
+        command += ["hydra/launcher=stacked"]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=tree, env=clean_env(tree), capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -91,7 +95,8 @@ def separate_processes(concurrent: int, jobs: int, overrides: list[str], work: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--launchers", nargs="+", choices=["basic", "joblib"], default=["basic", "joblib"])
+    parser.add_argument("--launchers", nargs="+", choices=["basic", "joblib", "stacked"], default=["basic", "joblib"])
+    parser.add_argument("--stacked", action="store_true", help="also hydra/launcher=stacked (this tree only)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib's n_jobs (default: its own, all cores)")
     parser.add_argument("--base", type=Path, default=None, help="a tree to time beside this one (e.g. .base)")
     parser.add_argument("--rounds", type=int, default=1, help="each sweep this many times, trees interleaved")
@@ -119,28 +124,34 @@ def main() -> None:
         remove_work_dir(work, args.keep)
         return
 
+    if args.stacked and "stacked" not in args.launchers:
+        args.launchers.append("stacked")
     trees = [REPO] + ([args.base.resolve()] if args.base else [])
     walls: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for launcher in args.launchers:
-            for tree in trees:
+            for tree in trees if launcher != "stacked" else [REPO]:  # an earlier tree has no stacked launcher
                 wall = hydra_sweep(tree, launcher, args.jobs, args.n_jobs, overrides, work)
                 walls.setdefault((tree.name, launcher), []).append(wall)
                 print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s", flush=True)
     print(f"\nmedian of {args.rounds}: wall s, jobs/hour")
     for launcher in args.launchers:
         per_hour = {}
-        for tree in trees:
+        for tree in trees if launcher != "stacked" else [REPO]:
             wall = statistics.median(walls[(tree.name, launcher)])
             per_hour[tree.name] = 3600 * args.jobs / wall
             print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s  {per_hour[tree.name]:7.0f} jobs/hour")
-        if args.base:
+        if args.base and launcher != "stacked":
             print(f"  {launcher}: this tree / {args.base.name} = {per_hour[REPO.name] / per_hour[trees[1].name]:.2f}× the jobs/hour")
     if args.base and "basic" in args.launchers and "joblib" in args.launchers:
-        best = max(3600 * args.jobs / statistics.median(walls[(REPO.name, l)]) for l in args.launchers)
+        best = max(3600 * args.jobs / statistics.median(walls[(REPO.name, name)]) for name in args.launchers)
         base_serial = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "basic")])
         base_joblib = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "joblib")])
         print(f"  this tree's best / {args.base.name}'s basic = {best / base_serial:.2f}×, / its joblib = {best / base_joblib:.2f}×")
+    if "stacked" in args.launchers:
+        stacked = statistics.median(walls[(REPO.name, "stacked")])
+        for launcher in (name for name in args.launchers if name != "stacked"):
+            print(f"  stacked / {launcher} (this tree) = {statistics.median(walls[(REPO.name, launcher)]) / stacked:.2f}× the jobs/hour")
     remove_work_dir(work, args.keep)
 
 

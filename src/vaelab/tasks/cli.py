@@ -119,6 +119,7 @@ def report_errors(check: Callable[[DictConfig], None]):
                     log.error("%s", err)
                 sys.exit(getattr(err, "exit_code", 2))  # 2, or 128 + signal for an interrupted run
 
+        wrapper.check = check  # the stacked launcher checks each member before the stack trains
         return wrapper
 
     return decorate

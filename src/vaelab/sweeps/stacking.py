@@ -1,0 +1,82 @@
+"""Which jobs of a sweep can train as one stacked model (issue 14), and how they are grouped.
+
+Jobs share a stack when their composed configs differ only in per-member settings: the seed
+(each member its own initialisation, data order and noise), β, free bits and the KL schedule's
+settings. Everything else (the architecture, the data, the batch size, the optimiser and its
+learning rate, the trainer) must be equal; jobs that differ there form stacks of their own.
+A job that cannot stack at all (`why_not_stackable`) runs alone, as without stacking.
+"""
+
+import json
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+# Per-member settings: the keys in which the members of one stack may differ.
+MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
+               "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity")
+# Keys that say where a job's files go or what it is called, not what it trains.
+PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def _is_shared(key: str) -> bool:
+    per_member = any(key == k for k in MEMBER_KEYS)
+    per_job = any(key == k or key.startswith(k + ".") for k in PER_JOB_KEYS)
+    return not per_member and not per_job
+
+
+def stack_key(cfg: DictConfig) -> str:
+    """Equal for jobs that can share one stack: their configs less the per-member and per-job keys."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    shared = {k: v for k, v in _flatten(container).items() if _is_shared(k)}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def why_not_stackable(cfg: DictConfig) -> Optional[str]:
+    """Why this job must train alone, or None when it can be a member of a stack."""
+    model, data, trainer = cfg.model, cfg.data, cfg.trainer
+    if model.get("name") != "vae":
+        return f"model={model.get('name')}: only VAEs stack"
+    if model.get("net", "mlp") != "mlp":
+        return f"model.net={model.get('net')}: only the mlp network stacks"
+    if model.get("objective", "elbo") != "elbo":
+        return f"model.objective={model.get('objective')}: the IWAE bound does not stack"
+    if model.get("recon_loss") == "gaussian" and model.get("sigma") in (None, "learned"):
+        return "recon_loss=gaussian with a learned σ: a parameter of its own per member"
+    if data.get("binarize") == "dynamic":
+        return "data.binarize=dynamic: each run resamples its pixels from the global generator"
+    if cfg.get("ckpt_path"):
+        return "ckpt_path: a resumed run trains alone"
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if devices not in (1, "1", [0]) or nodes not in (1, None):
+        return f"trainer.devices={devices}: a stack trains on one device"
+    return None
+
+
+def group_jobs(cfgs: list[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:
+    """Stacks of job indices (in job order, each of 2 or more jobs) and, for each job that trains
+    alone, why: not stackable, or no other job with the same settings."""
+    stacks: dict[str, list[int]] = {}
+    alone: dict[int, str] = {}
+    for i, cfg in enumerate(cfgs):
+        reason = why_not_stackable(cfg)
+        if reason is not None:
+            alone[i] = reason
+        else:
+            stacks.setdefault(stack_key(cfg), []).append(i)
+    groups = []
+    for members in stacks.values():
+        if len(members) == 1:
+            alone[members[0]] = "no other job differs from it only in seed, β, free bits or the KL schedule"
+        else:
+            groups.append(members)
+    return groups, alone

@@ -1,0 +1,116 @@
+"""`hydra/launcher=stacked`: which jobs of a sweep share a stacked model, and the sweep through the
+real entry point (the numbers of a stack against single runs: tests/test_stacked_runs.py)."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from omegaconf import open_dict
+
+from conftest import REPO, run_entry_point, small_run_overrides
+from vaelab.sweeps.stacked import describe_plan
+from vaelab.sweeps.stacking import group_jobs, why_not_stackable
+from vaelab.wandb_offline import summarize
+
+
+def _grid(*sweep: str) -> list:
+    """The composed config of every job of the sweep `sweep`, expanded by Hydra's basic sweeper."""
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(sweep)), None)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return [compose(config_name="train", overrides=list(job), return_hydra_config=True) for job in jobs]
+
+
+def test_jobs_that_differ_only_in_per_member_settings_share_a_stack():
+    configs = _grid("model.beta=1,4", "seed=0,1", "data.batch_size=64,128", "model.free_bits=0,0.5")
+    stacks, alone = group_jobs(configs)
+    assert alone == {}
+    assert len(stacks) == 2  # one per batch size
+    for members in stacks:
+        assert len(members) == 8 and len({configs[i].data.batch_size for i in members}) == 1
+
+
+def test_another_learning_rate_or_architecture_is_another_stack_and_a_lone_job_says_why():
+    configs = _grid("model.lr=1e-3,3e-3", "seed=0,1", "model.latent_dim=2,8")
+    stacks, alone = group_jobs(configs)
+    assert sorted(len(s) for s in stacks) == [2, 2, 2, 2]
+    for members in stacks:
+        assert len({(configs[i].model.lr, configs[i].model.latent_dim) for i in members}) == 1
+    configs = _grid("model.lr=1e-3,3e-3", "seed=0")
+    stacks, alone = group_jobs(configs)
+    assert stacks == [] and set(alone) == {0, 1}
+    assert all("no other job differs from it only in seed" in why for why in alone.values())
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    (["model=ae"], "model=ae: only VAEs stack"),
+    (["model.net=conv"], "model.net=conv: only the mlp network stacks"),
+    (["model.objective=iwae", "model.k=5"], "the IWAE bound does not stack"),
+    (["model.recon_loss=gaussian"], "a learned σ"),
+    (["data.binarize=dynamic"], "data.binarize=dynamic"),
+    (["trainer.devices=2"], "trainer.devices=2: a stack trains on one device"),
+])
+def test_jobs_that_cannot_stack_are_named_with_the_reason(overrides, reason):
+    (cfg,) = _grid(*overrides)
+    assert reason in why_not_stackable(cfg)
+
+
+def test_the_plan_names_every_job_once():
+    configs = _grid("model.beta=1,4", "seed=0,1", "model.net=mlp,conv")
+    for num, cfg in enumerate(configs):  # as the launcher numbers them
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+    stacks, alone = group_jobs(configs)
+    lines = describe_plan(configs, stacks, alone)
+    assert lines[0] == "8 jobs: 1 stack(s) of 4 jobs, 4 alone"
+    assert lines[1].startswith("stack 1 (4 members, one model): #0 ")
+    assert sum(line.startswith("alone: ") and "model.net=conv: only the mlp network stacks" in line for line in lines) == 4
+
+
+# -- slow: through the real entry point ------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of_the_unstacked_sweep(shared_data_dir, tmp_path):
+    grid = ["model.beta=1,4", "seed=0,1"]
+    sweeps = {}
+    for launcher in ("stacked", "basic"):
+        log_dir = tmp_path / launcher
+        result = run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), *grid, f"hydra/launcher={launcher}",
+                                 timeout=400)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        (sweeps[launcher],) = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
+        if launcher == "stacked":  # the plan, before any job trains
+            assert "4 jobs: 1 stack(s) of 4 jobs, 0 alone" in output and "stack 1 (4 members, one model): #0 " in output
+    assert "training 4 jobs as one stacked model" in (sweeps["stacked"] / "0_vae-z4-beta1-seed0" / "train.log").read_text()
+
+    jobs = {launcher: sorted((p for p in sweep.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
+            for launcher, sweep in sweeps.items()}
+    assert [p.name for p in jobs["stacked"]] == [p.name for p in jobs["basic"]] == [
+        "0_vae-z4-beta1-seed0", "1_vae-z4-beta1-seed1", "2_vae-z4-beta4-seed0", "3_vae-z4-beta4-seed1"]
+    group = f"train-{sweeps['stacked'].parent.name}_{sweeps['stacked'].name}"
+    for index, (stacked, alone) in enumerate(zip(jobs["stacked"], jobs["basic"])):
+        a, b = (json.loads((d / "metrics.json").read_text()) for d in (stacked, alone))
+        assert a["stacked"] == {"members": 4, "index": index} and "stacked" not in b
+        assert a["status"] == b["status"] == "completed"
+        assert (a["best_epoch"], a["global_step"]) == (b["best_epoch"], b["global_step"])
+        for key in (k for k in b if k.startswith(("train/", "val/", "test/"))):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        assert {p.name for p in (stacked / "checkpoints").iterdir()} == {p.name for p in (alone / "checkpoints").iterdir()}
+        assert {p.name for p in (stacked / "images").iterdir()} == {p.name for p in (alone / "images").iterdir()}
+        assert (stacked / "csv" / "metrics.csv").read_text().splitlines()[0] == (alone / "csv" / "metrics.csv").read_text().splitlines()[0]
+        (run_file,) = stacked.glob("wandb/offline-run-*/run-*.wandb")  # its own W&B run in the sweep's group
+        run = summarize(run_file)
+        assert (run["name"], run["group"]) == (stacked.name.split("_", 1)[1], group)
+        beta, seed = (1, 1, 4, 4)[index], index % 2
+        assert {f"model.beta={beta}", f"seed={seed}"} <= set(run["tags"])
+        assert not {f"model.beta={5 - beta}", f"seed={1 - seed}"} & set(run["tags"])
+        tested = [row["test/loss"] for row in run["history"] if "test/loss" in row]
+        assert tested == [pytest.approx(a["test/loss"])]
+    # The summary cannot tell them apart: the same columns and values.
+    rows = {launcher: (sweep / "summary.csv").read_text().splitlines() for launcher, sweep in sweeps.items()}
+    assert rows["stacked"][0] == rows["basic"][0]
