@@ -114,3 +114,18 @@ def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of
     # The summary cannot tell them apart: the same columns and values.
     rows = {launcher: (sweep / "summary.csv").read_text().splitlines() for launcher, sweep in sweeps.items()}
     assert rows["stacked"][0] == rows["basic"][0]
+
+
+@pytest.mark.slow
+def test_a_member_refused_by_the_config_check_fails_alone_and_the_other_trains_alone(shared_data_dir, tmp_path):
+    log_dir = tmp_path / "outputs"
+    result = run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), "trainer.max_epochs=1", "model.beta=1,-1",
+                             "logger=csv", "hydra/launcher=stacked", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]  # a failed job makes the sweep's exit code 1
+    assert "4 jobs" not in output and "2 jobs: 1 stack(s) of 2 jobs, 0 alone" in output
+    (sweep_dir,) = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
+    first, second = (json.loads((sweep_dir / name / "metrics.json").read_text())
+                     for name in ("0_vae-z4-beta1", "1_vae-z4-beta-1"))
+    assert first["status"] == "completed" and "stacked" not in first  # one member left: an ordinary run
+    assert second["status"] == "failed" and "model.beta=-1 must be" in second["error"]

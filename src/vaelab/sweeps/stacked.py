@@ -140,7 +140,11 @@ def run_stack(hydra_context: HydraContext, task_function: TaskFunction, configs:
                 log.error("job #%s failed: %s", member.config.hydra.job.num, describe_error(err))
                 record_failure(member.resolved, describe_error(err))
                 returns[i] = member.job_return(JobStatus.FAILED, err)
-        if ready:
+        if len(ready) == 1:  # the others failed their checks: it trains alone, as the basic launcher would run it
+            member = members[ready[0]]
+            HydraConfig.instance().set_config(member.config)
+            returns[ready[0]] = member.job_return(JobStatus.COMPLETED, task_function(member.task_cfg))
+        elif ready:
             log.info("training %d jobs as one stacked model: %s", len(ready),
                      ", ".join(str(members[i].output_dir.name) for i in ready))
             try:
