@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vaelab.models import AE, VAE
-from vaelab.models.stacked import StackedVAE, member_from_seed
+from vaelab.models.stacked import StackedAdam, StackedVAE, member_from_seed
 
 IMAGE = (1, 6, 6)
 HIDDEN = [16]
@@ -260,3 +260,70 @@ def test_a_member_loads_back_and_its_optimizer_state_is_its_own_adam():
         assert torch.equal(stack.member_state_dict(0)[name], value)
     stack.load_member_state_dict(0, before)
     assert all(torch.equal(stack.member_state_dict(0)[k], v) for k, v in before.items())
+
+
+# ---------------------------------------------------------------- a learning rate per member
+
+
+def test_stacked_adam_takes_each_members_torch_adam_step_at_its_own_rate():
+    """Each member's slice moves as torch.optim.Adam (fused, as make_optimizer builds it) moves the
+    member's own tensors at its own rate, also when a schedule changes the rates between steps."""
+    rates = [1e-3, 3e-3, 1e-2]
+    shapes = [(3, 5, 4), (3, 4)]
+    generator = torch.Generator().manual_seed(0)
+    stacked = [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+    alone = [[p[n].detach().clone().requires_grad_() for p in stacked] for n in range(len(rates))]
+    optimizer = StackedAdam(stacked, rates)
+    own = [torch.optim.Adam(params, lr=rate, fused=True) for params, rate in zip(alone, rates)]
+    worst = 0.0
+    for step in range(6):
+        # Gradients of several magnitudes, and a member-1 gradient of 0 (a dead member's) at step 2.
+        grads = [torch.randn(shape, generator=generator) * 10.0 ** torch.randint(-4, 2, shape, generator=generator)
+                 for shape in shapes]
+        if step == 2:
+            for g in grads:
+                g[1] = 0
+        if step == 3:  # a schedule: every member's rate changes, each its own way
+            new = [rate * factor for rate, factor in zip(rates, (0.5, 0.1, 2.0))]
+            optimizer.param_groups[0]["lr"] = new
+            for adam, rate in zip(own, new):
+                adam.param_groups[0]["lr"] = rate
+        for p, g in zip(stacked, grads):
+            p.grad = g.clone()
+        for n, params in enumerate(alone):
+            for p, g in zip(params, grads):
+                p.grad = g[n].clone()
+        optimizer.step()
+        for adam in own:
+            adam.step()
+        for n, params in enumerate(alone):
+            for p, single in zip(stacked, params):
+                torch.testing.assert_close(p[n], single, rtol=1e-6, atol=1e-7, msg=lambda m: f"member {n}, step {step}: {m}")
+                worst = max(worst, float((p[n] - single).detach().abs().max()))
+    for n, adam in enumerate(own):
+        for p, single in zip(stacked, alone[n]):
+            state, single_state = optimizer.state[p], adam.state[single]
+            assert set(state) == set(single_state) == {"step", "exp_avg", "exp_avg_sq"}
+            assert torch.equal(state["step"], single_state["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(state[key][n], single_state[key], rtol=1e-6, atol=0)
+    print(f"\nStackedAdam against torch.optim.Adam per member, 6 steps: max |Δθ| {worst:.1e}")
+
+
+def test_a_members_optimizer_state_has_its_own_learning_rate():
+    stack = _stack(SETTINGS[:2], SEEDS[:2])
+    rates = [LR, 3 * LR]
+    optimizer = StackedAdam(stack.parameters(), rates, member_defaults=_adam([torch.zeros(1, requires_grad=True)]).defaults)
+    stack.objective(stack.losses(_batches(0)[0])).backward()
+    optimizer.step()
+    for n, rate in enumerate(rates):
+        own = stack.member_optimizer_state(n, optimizer)
+        model = _builder(SETTINGS[n])()
+        single = torch.optim.Adam(model.parameters(), lr=rate, fused=True)
+        expected = {k: v for k, v in single.param_groups[0].items() if k != "params"}
+        assert {k: v for k, v in own["param_groups"][0].items() if k != "params"} == expected
+        single.load_state_dict(own)  # loads as the member's own Adam, at its own rate
+        assert single.param_groups[0]["lr"] == rate and single.param_groups[0]["fused"]
+        assert int(own["state"][0]["step"]) == 1
+    with pytest.raises(ValueError, match="leading dimension of 3 members"):
+        StackedAdam(stack.parameters(), [LR] * 3)

@@ -8,7 +8,8 @@ reparameterisation noise. What is optimised is the sum of the members' losses,
 
 and nothing in the forward pass mixes members, so ∂objective/∂θ_n = ∂loss_n/∂θ_n: each member's
 gradient is the one it would get alone. Adam is elementwise, so one Adam over the stacked
-parameters takes exactly the N steps that N Adams would (same lr and step count for all).
+parameters takes exactly the N steps that N Adams would: torch's Adam when the members share a
+learning rate, `StackedAdam` (a rate per member, torch's Adam step on each member's slice) when not.
 Clipping by norm is not elementwise: use `clip_grad_norm_per_member`, not torch's, which would
 take one norm over all members.
 
@@ -37,7 +38,7 @@ Equality with single runs (tests/test_stacked.py shows each, on the CPU):
   1e-6 in float32; within 3e-15 and 2e-16 in float64.
 
 Not (yet) stackable: the IWAE objective, the learned σ of the gaussian likelihood (one parameter
-per member), conv networks, and a per-member learning rate.
+per member), and conv networks.
 """
 
 import math
@@ -209,9 +210,10 @@ class StackedVAE(nn.Module):
 
     def member_optimizer_state(self, n: int, optimizer: torch.optim.Optimizer) -> dict:
         """Member n's slice of an optimiser over this stack's parameters (one param group, e.g. the
-        fused Adam), as `optimizer.state_dict()` of the same optimiser over member n alone: its
-        parameters numbered in `member_state_dict`'s order, per-parameter tensors sliced, scalars (Adam's step)
-        as they are."""
+        fused Adam, or a StackedAdam), as `optimizer.state_dict()` of the same optimiser over member n
+        alone: its parameters numbered in `member_state_dict`'s order, per-parameter tensors sliced,
+        scalars (Adam's step) as they are; a StackedAdam's param group as member n's own Adam has it
+        (`StackedAdam.member_param_group`: its own rate)."""
         if len(optimizer.param_groups) != 1:
             raise ValueError("member_optimizer_state takes an optimiser with one parameter group")
         state = {}
@@ -224,7 +226,10 @@ class StackedVAE(nn.Module):
                 else:
                     own = _to_stacked_layout(name, value[n]).clone(memory_format=torch.contiguous_format)
                 state.setdefault(i, {})[key] = own
-        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        if isinstance(optimizer, StackedAdam):
+            group = optimizer.member_param_group(n)
+        else:
+            group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
         return {"state": state, "param_groups": [{**group, "params": list(range(len(self._stacked_parameters())))}]}
 
     def member_gradients(self, n: int) -> dict[str, Optional[torch.Tensor]]:
@@ -365,6 +370,111 @@ class StackedVAE(nn.Module):
         """(N, n, C, H, W): n images (pixel means in [0, 1]) per member, decoded from codes drawn from the prior."""
         z = torch.randn(self.n, n, self.latent_dim, device=self.fc_mu.weight.device)
         return self.likelihood.means(self.decode(z))
+
+
+class StackedAdam(torch.optim.Optimizer):
+    """Adam over the parameters of a stack (each with a leading dimension N) with a learning rate
+    per member: N torch Adams, one per member, each at its own rate.
+
+    `lr` is a list of N rates, `param_groups[0]["lr"]` too (a schedule sets it, as torch's schedulers
+    set a float); member n's slice of every parameter takes torch.optim.Adam's step at lr_n:
+
+        t ← t + 1
+        m ← β1 m + (1 − β1) g                       exp_avg
+        v ← β2 v + (1 − β2) g²                      exp_avg_sq
+        θ_n ← θ_n − lr_n / (1 − β1ᵗ) · m_n / (√v_n / √(1 − β2ᵗ) + ε)
+
+    with torch's defaults β = (0.9, 0.999), ε = 1e-8, no weight decay or amsgrad. The state has
+    torch's keys ("step": a 0-dim float32 tensor on the parameter's device, "exp_avg",
+    "exp_avg_sq"), so that `StackedVAE.member_optimizer_state` gives member n's own Adam state.
+    Device ops only (the rates travel to the device when they change, without a sync).
+    `member_defaults`: the param group (less "params") of the Adam each member trains with alone,
+    for `member_param_group`; torch.optim.Adam's with these betas and eps if None.
+    """
+
+    PER_MEMBER = ("lr", "initial_lr")  # param-group entries that hold one value per member
+
+    def __init__(self, params, lr: Sequence[float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 member_defaults: Optional[dict] = None):
+        lrs = [float(r) for r in lr]
+        if not lrs or min(lrs) <= 0:
+            raise ValueError(f"StackedAdam needs a positive learning rate per member, not {lrs}")
+        super().__init__(params, {"lr": lrs, "betas": tuple(betas), "eps": float(eps)})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() == 0 or p.shape[0] != len(lrs):
+                    raise ValueError(f"a parameter of shape {tuple(p.shape)} has no leading dimension of "
+                                     f"{len(lrs)} members")
+        if member_defaults is None:
+            like = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lrs[0], betas=betas, eps=eps)
+            member_defaults = like.defaults
+        self.member_defaults = {k: v for k, v in member_defaults.items() if k != "params"}
+        self._rates: dict[tuple, tuple[list[float], torch.Tensor]] = {}  # (device, dtype) → (rates, (N,) tensor)
+
+    def member_param_group(self, n: int) -> dict:
+        """Member n's param group as its own torch.optim.Adam has it (less "params"): its own rate."""
+        group = self.param_groups[0]
+        own = {k: (v[n] if k in self.PER_MEMBER else v) for k, v in group.items() if k != "params"}
+        return {**self.member_defaults, **own}
+
+    def _rate(self, rates: Sequence[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """`rates` as an (N,) tensor on `device`, made anew only when they changed (no host sync)."""
+        rates = [float(r) for r in rates]
+        cached = self._rates.get((device, dtype))
+        if cached is None or cached[0] != rates:
+            cached = self._rates[(device, dtype)] = (rates, torch.tensor(rates, dtype=dtype, device=device))
+        return cached[1]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("StackedAdam does not take sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            if not params:
+                continue
+            if len(group["lr"]) != params[0].shape[0]:
+                raise ValueError(f"{len(group['lr'])} learning rates for {params[0].shape[0]} members")
+            device, dtype = params[0].device, params[0].dtype
+            if any(p.device != device or p.dtype != dtype for p in params):
+                raise ValueError("StackedAdam takes the parameters of one device and dtype per param group")
+            torch._foreach_add_(steps, 1)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            # The bias corrections in float64, as torch's Adam takes them (in float32, 1 − β2 at t = 1
+            # alone is 1.3e-5 off); cast to the parameters' dtype where they meet the moments.
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            t = torch.stack(steps).to(wide)  # (P,): every parameter's step count
+            bias_correction1 = 1 - beta1 ** t
+            bias_correction2_sqrt = (1 - beta2 ** t).sqrt().to(dtype)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, list(bias_correction2_sqrt.unbind()))
+            torch._foreach_add_(denom, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denom)
+            # lr_n / (1 − β1ᵗ): (P, N), each row shaped to broadcast over its parameter's member slices.
+            step_sizes = (self._rate(group["lr"], device, wide).unsqueeze(0) / bias_correction1.unsqueeze(1)).to(dtype)
+            torch._foreach_mul_(updates, [size.view(-1, *[1] * (p.dim() - 1)) for size, p in zip(step_sizes, params)])
+            torch._foreach_sub_(params, updates)
+        return loss
 
 
 def _to_stacked_layout(name: str, t: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
     python train.py -m model.beta=0.5,1,2,4,8 seed=0,1,2 hydra/launcher=stacked
 
 The launcher composes every job's config as Hydra's basic launcher does, groups the jobs
-(`vaelab.sweeps.stacking.group_jobs`: jobs that differ only in seed, β, free bits and the KL
-schedule share a stack), logs the plan, and then
+(`vaelab.sweeps.stacking.group_jobs`: jobs that differ only in seed, β, free bits, the KL
+schedule and the learning rate share a stack), logs the plan, and then
 
 - gives every job of a stack what Hydra's `run_job` gives a job: its directory with `.hydra/`,
   its `train.log` (each member's log gets the stack's lines), the `on_job_start` and

@@ -1,9 +1,11 @@
 """Which jobs of a sweep can train as one stacked model (issue 14), and how they are grouped.
 
 Jobs share a stack when their composed configs differ only in per-member settings: the seed
-(each member its own initialisation, data order and noise), β, free bits and the KL schedule's
-settings. Everything else (the architecture, the data, the batch size, the optimiser and its
-learning rate, the trainer) must be equal; jobs that differ there form stacks of their own.
+(each member its own initialisation, data order and noise), β, free bits, the KL schedule's
+settings and the learning rate model.lr (each member its own Adam rate, following the shared
+optimizer.scheduler from its own base rate). Everything else (the architecture, the data, the
+batch size, the optimiser's schedule, the trainer) must be equal; jobs that differ there form
+stacks of their own.
 A job that cannot stack at all (`why_not_stackable`) runs alone, as without stacking.
 """
 
@@ -14,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
-               "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity")
+               "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
 # Keys that say where a job's files go or what it is called, not what it trains.
 PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
 
@@ -76,7 +78,7 @@ def group_jobs(cfgs: list[DictConfig]) -> tuple[list[list[int]], dict[int, str]]
     groups = []
     for members in stacks.values():
         if len(members) == 1:
-            alone[members[0]] = "no other job differs from it only in seed, β, free bits or the KL schedule"
+            alone[members[0]] = "no other job differs from it only in seed, β, free bits, the KL schedule or model.lr"
         else:
             groups.append(members)
     return groups, alone

@@ -1,5 +1,5 @@
-"""The training task for a stack of jobs (issue 14): N jobs that differ only in seed, β, free bits
-and the KL schedule train as one StackedVAE in one Lightning fit, and each leaves in its own run
+"""The training task for a stack of jobs (issue 14): N jobs that differ only in seed, β, free bits,
+the KL schedule and the learning rate train as one StackedVAE in one Lightning fit, and each leaves in its own run
 directory what `vaelab.tasks.train.run` leaves for it: metrics.json (plus `"stacked": {"members": N,
 "index": n}`), csv/metrics.csv, checkpoints/epoch_NNN.ckpt (its best) and last.ckpt (each loads alone
 with eval.py), and images/.
@@ -11,14 +11,17 @@ A member's numbers equal those of its job trained alone on the CPU (tests/test_s
 the same initialisation (seed, then build: models/stacked.member_from_seed), the same data order
 (its own permutation per epoch: StackedDataModule), the same noise (its own generator, drawing what
 the single run draws from the global one: the sanity check's validation batches, every training
-step, every validation batch, the test; panels draw from a generator of their own). A member whose
-loss becomes NaN or diverges stops, with the error its single run would fail with; the others go on.
+step, every validation batch, the test; panels draw from a generator of their own), and the same
+Adam steps at the same rates: members of one model.lr share make_optimizer's fused Adam, members
+of different rates a StackedAdam (models/stacked.py) in which each follows its own schedule from
+its own model.lr (StackedLitModule's MemberRates). A member whose loss becomes NaN or diverges
+stops, with the error its single run would fail with; the others go on.
 
 Each member logs to its own CSV record and, with logger=wandb, its own W&B run (the launcher puts
 its group and override tags into its config). Not (yet) done for a stack: TensorBoard, W&B's
 log_model artifact, the Preemption callback (no interrupted.ckpt: Ctrl-C stops every member),
-EpochTimer's time/*_epoch_s, optimizer.scheduler=plateau, a per-member learning rate, and the
-CUDA-graph step (the stack steps eagerly).
+EpochTimer's time/*_epoch_s, optimizer.scheduler=plateau, and the CUDA-graph step (the stack
+steps eagerly).
 """
 
 import logging
@@ -167,8 +170,9 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path], extra_callback
     shared = cfgs[0]
     n = len(cfgs)
     for i, cfg in enumerate(cfgs):
-        log.info("stacked member %d/%d: beta=%s free_bits=%s kl_schedule=%s seed=%s -> %s", i, n, cfg.model.get("beta"),
-                 cfg.model.get("free_bits"), cfg.model.get("kl_schedule"), cfg.seed, cfg.paths.output_dir)
+        log.info("stacked member %d/%d: beta=%s free_bits=%s kl_schedule=%s lr=%s seed=%s -> %s", i, n,
+                 cfg.model.get("beta"), cfg.model.get("free_bits"), cfg.model.get("kl_schedule"), cfg.model.lr, cfg.seed,
+                 cfg.paths.output_dir)
     pl.seed_everything(shared.seed, workers=True, verbose=False)  # numpy / Python; members draw from their own
 
     started = time.perf_counter()
@@ -196,8 +200,8 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path], extra_callback
     for i, (cfg, lit, vae) in enumerate(zip(cfgs, lits, vaes)):
         checkpoint, best, panels = _member_callbacks(cfg)
         members.append(MemberRun(i, run_dirs[i], dict(lit.hparams), vae, _member_loggers(cfg), checkpoint, best, panels))
-    lr = float(shared.model.lr)
-    module = StackedLitModule(stack, members, lr, optimizer=optimizer, before_step=before_step, **clipping)
+    lrs = [float(cfg.model.lr) for cfg in cfgs]  # each member's own (a StackedAdam when they differ)
+    module = StackedLitModule(stack, members, lrs, optimizer=optimizer, before_step=before_step, **clipping)
     if shared.model.get("cuda_graph", True):
         log.info("training step of the stack: eager (the CUDA-graph step does not take a stack yet)")
     trainer: pl.Trainer = build("trainer", shared.trainer, logger=False, callbacks=extra_callbacks,

@@ -1,8 +1,11 @@
 """Training N stacked VAEs (models/stacked.py) in one Lightning fit, each member still a run of its own.
 
-`StackedLitModule` is LitAutoencoder's step for a StackedVAE: manual optimisation, one fused Adam
-over the stacked parameters (elementwise, so N Adams), per-member gradient clipping, the alive
-mask. What LitAutoencoder, its callbacks and its loggers do for one run, it does per member
+`StackedLitModule` is LitAutoencoder's step for a StackedVAE: manual optimisation, one Adam over
+the stacked parameters (elementwise, so N Adams), per-member gradient clipping, the alive mask.
+When the members share model.lr, that Adam is make_optimizer's fused torch Adam and the schedule
+make_lr_scheduler's; when their rates differ, it is a StackedAdam (models/stacked.py: member n at
+its own rate) and `MemberRates` gives each member the rate its single run's schedule gives it.
+What LitAutoencoder, its callbacks and its loggers do for one run, it does per member
 (`MemberRun`): epoch means from sums and counts, step values at `log_every_n_steps`, the
 NaN / divergence checks (a failing member stops; the others go on), the best checkpoint by
 the monitored value and last.ckpt (each a LitAutoencoder checkpoint of that member alone), the
@@ -14,6 +17,7 @@ member's seed draws each epoch (TensorBatchLoader, seeded by seed + epoch); trai
 (N, B, 1, H, W), validation and test batches (B, 1, H, W), shared (they are not shuffled).
 """
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -31,11 +35,12 @@ from vaelab.data.loader import EpochSeed, ResumableLoader, TensorBatchLoader
 from vaelab.evaluation.latent import active_units, encode
 from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.models import VAE
-from vaelab.models.stacked import StackedVAE
+from vaelab.models.stacked import StackedAdam, StackedVAE
 from vaelab.training.callbacks import BestEpochMetrics, LatentPanels
 from vaelab.training.callbacks.latent_panels import split_images
 from vaelab.training.module import DIVERGENCE_FACTOR
-from vaelab.training.optim import clip_gradients, lr_of_step, make_lr_scheduler, make_optimizer, steps_per_batch
+from vaelab.training.optim import (clip_gradients, cosine_lr_factor, lr_of_step, make_lr_scheduler, make_optimizer,
+                                   steps_per_batch)
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +137,72 @@ class MemberRun:
             logger.save()
 
 
-def _lr_text(lr: float) -> str:
-    return f"{lr:g}"
+class MemberRates:
+    """The learning rates of a StackedAdam whose members' model.lr differ: at optimiser step t member n
+    gets the rate its single run's schedule (optim.make_lr_scheduler) gives it from its base rate lr_n,
+
+        constant  lr_n(t) = lr_n
+        cosine    lr_n(t) = lr_n · cosine_lr_factor(t, W, T, min_lr / lr_n)     (= m + (lr_n − m)·½(1 + cos …))
+
+    computed as that run's LambdaLR computes it (the same float products), and kept in the optimiser's
+    param group: "lr" (and "initial_lr" under a schedule) as lists of N. `step()` follows each
+    optimiser step, as a torch scheduler stepped per batch; `member_state_dicts(n)` is what member n's
+    own scheduler would save (none for a constant rate). plateau is refused (each member's rate
+    would follow its own val/loss)."""
+
+    def __init__(self, optimizer: StackedAdam, settings: dict[str, Any], lrs: Sequence[float], total_steps: int):
+        kind = settings.get("scheduler", "constant")
+        self.optimizer, self.lrs, self.last_epoch = optimizer, [float(r) for r in lrs], 0
+        self._template: Optional[dict[str, Any]] = None
+        if kind == "cosine":
+            warmup, floor = int(settings.get("warmup_steps", 0)), float(settings.get("min_lr", 0.0))
+            self.factors = [functools.partial(cosine_lr_factor, warmup_steps=warmup, total_steps=int(total_steps),
+                                              min_factor=floor / lr) for lr in self.lrs]
+            # torch's bookkeeping keys of a LambdaLR just built (this torch version's), filled in per member.
+            stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            self._template = torch.optim.lr_scheduler.LambdaLR(stand_in, lambda t: 1.0).state_dict()
+            optimizer.param_groups[0]["initial_lr"] = list(self.lrs)
+        elif kind == "constant":
+            self.factors = None
+        else:
+            raise ValueError(f"optimizer.scheduler={kind} does not stack with a learning rate per member")
+        self._set()  # the rates of step 0, as a LambdaLR sets them when it is built
+
+    def rate(self, n: int, step: int) -> float:
+        """Member n's rate at optimiser step `step` (what its single run's lr_of_step gives)."""
+        return self.lrs[n] if self.factors is None else self.lrs[n] * self.factors[n](step)
+
+    def _set(self) -> None:
+        self.optimizer.param_groups[0]["lr"] = [self.rate(n, self.last_epoch) for n in range(len(self.lrs))]
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        if self.factors is not None:  # a constant rate stays as it is
+            self._set()
+
+    def member_state_dicts(self, n: int) -> list[dict[str, Any]]:
+        """The lr_schedulers entry of member n's single-run checkpoint: its LambdaLR's state, or []."""
+        if self._template is None:
+            return []
+        return [{**self._template, "base_lrs": [self.lrs[n]], "last_epoch": self.last_epoch,
+                 "_step_count": self.last_epoch + 1, "_last_lr": [self.rate(n, self.last_epoch)]}]
 
 
 # -- the LightningModule -----------------------------------------------------------------------------
 class StackedLitModule(pl.LightningModule):
     """Trains `stack` as LitAutoencoder trains each of its members alone (see the module docstring)."""
 
-    def __init__(self, stack: StackedVAE, members: Sequence[MemberRun], lr: float, optimizer: Optional[dict] = None,
+    def __init__(self, stack: StackedVAE, members: Sequence[MemberRun], lr: float | Sequence[float],
+                 optimizer: Optional[dict] = None,
                  gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = "norm",
                  before_step: Optional[Callable[["StackedLitModule", int], None]] = None):
         super().__init__()
         self.model = stack
         self.members = list(members)
-        self.lr = float(lr)
+        # Each member's model.lr (a single number: the same for every member).
+        self.lrs = [float(r) for r in lr] if isinstance(lr, Sequence) else [float(lr)] * stack.n
+        if len(self.lrs) != stack.n:
+            raise ValueError(f"{stack.n} members need {stack.n} learning rates, not {len(self.lrs)}")
         self.optimizer_settings = dict(optimizer or {})
         if self.optimizer_settings.get("scheduler", "constant") == "plateau":
             raise ValueError("optimizer.scheduler=plateau does not stack (yet): each member's rate would follow "
@@ -158,6 +214,7 @@ class StackedLitModule(pl.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}  # per stage: (N, terms) batch-size-weighted sums
         self._counts: dict[str, int] = {}
         self._scheduler_per_step = False
+        self._member_rates: Optional[MemberRates] = None  # set when the members' rates differ
         self._first_losses_taken = False
         self._generator_states: Optional[list[torch.Tensor]] = None
         self._pending_saves: list[tuple[MemberRun, dict[str, float]]] = []  # checkpoints due (ModelCheckpoint's timing)
@@ -193,10 +250,14 @@ class StackedLitModule(pl.LightningModule):
         first = member.first_loss
         if first is not None and loss > first + DIVERGENCE_FACTOR * max(abs(first), 1.0):
             self._fail(member, f"the training loss diverged: {loss:.4g} {when} (epoch {self.current_epoch}) against "
-                               f"{first:.4g} at the first step; lower model.lr (now {_lr_text(self.lr)}) or clip the "
+                               f"{first:.4g} at the first step; lower model.lr (now {self._lr_text(member)}) or clip the "
                                f"gradients (trainer.gradient_clip_val)")
             return True
         return False
+
+    def _lr_text(self, member: MemberRun) -> str:
+        """The member's own model.lr, as its single run's errors name it."""
+        return f"{self.lrs[member.index]:g}"
 
     # -- training ---------------------------------------------------------------------------------
     def _clip_gradients(self) -> None:
@@ -222,7 +283,9 @@ class StackedLitModule(pl.LightningModule):
         stack.mask_dead_gradients()
         self._clip_gradients()
         optimizer.step()
-        if self._scheduler_per_step:
+        if self._member_rates is not None:
+            self._member_rates.step()
+        elif self._scheduler_per_step:
             self.lr_schedulers().step()
         # What each single run sees: its losses up to and at the step it broke, NaN after (its weights
         # would be NaN from then on), so that its checks fail as the single run's would.
@@ -243,7 +306,7 @@ class StackedLitModule(pl.LightningModule):
         values = torch.stack([seen[t] for t in self.terms], dim=1).cpu()  # (N, terms)
         step = self.global_step - 1
         scheduled = self.model.scheduled_values(step, self.trainer.num_training_batches)
-        lr = lr_of_step(self.optimizers().optimizer, self.lr_schedulers(), self.lr, step)
+        lrs = self._rates_of_step(step)
         loss_index = self.terms.index("loss")
         for member in self.members:
             if not member.alive:
@@ -251,14 +314,14 @@ class StackedLitModule(pl.LightningModule):
             row = values[member.index]
             if not torch.isfinite(row).all():
                 self._fail(member, f"the training loss became {row[loss_index].item()} at step {self.global_step} "
-                                   f"(epoch {self.current_epoch}); lower model.lr (now {_lr_text(self.lr)}) or check "
+                                   f"(epoch {self.current_epoch}); lower model.lr (now {self._lr_text(member)}) or check "
                                    f"the data")
                 continue
             if self._diverged(member, float(row[loss_index]), f"at step {self.global_step}"):
                 continue
             member.last_step_values = {f"train/{term}_step": float(v) for term, v in zip(self.terms, row)}
             member.last_step_values.update({f"train/{k}": v for k, v in scheduled[member.index].items()})
-            member.last_step_values["train/lr"] = lr
+            member.last_step_values["train/lr"] = lrs[member.index]
             member.log_row({**member.last_step_values, "epoch": self.current_epoch}, step=step)
 
     def on_train_epoch_end(self) -> None:
@@ -273,7 +336,7 @@ class StackedLitModule(pl.LightningModule):
             loss = means[member.index]["loss"]
             if not math.isfinite(loss):
                 self._fail(member, f"the mean training loss of epoch {self.current_epoch} is {loss}; lower model.lr "
-                                   f"(now {_lr_text(self.lr)}) or check the data")
+                                   f"(now {self._lr_text(member)}) or check the data")
                 continue
             if self._diverged(member, loss, "as the epoch's mean"):
                 continue
@@ -314,7 +377,7 @@ class StackedLitModule(pl.LightningModule):
             loss = float(sums[member.index]) / count
             if not math.isfinite(loss):
                 self._fail(member, f"the training loss became {loss} in epoch {self.current_epoch}; lower model.lr "
-                                   f"(now {_lr_text(self.lr)}) or check the data")
+                                   f"(now {self._lr_text(member)}) or check the data")
             else:
                 self._diverged(member, loss, "as the mean so far")
 
@@ -432,7 +495,8 @@ class StackedLitModule(pl.LightningModule):
                       "test_loop": trainer.test_loop.state_dict(), "predict_loop": trainer.predict_loop.state_dict()},
             "callbacks": callbacks,
             "optimizer_states": [self.model.member_optimizer_state(n, self.optimizers().optimizer)],
-            "lr_schedulers": [s.state_dict() for s in self._schedulers()],
+            "lr_schedulers": (self._member_rates.member_state_dicts(n) if self._member_rates is not None
+                              else [s.state_dict() for s in self._schedulers()]),
             "hparams_name": "kwargs",
             "hyper_parameters": dict(member.hparams),
             "rng_states": rng,
@@ -457,10 +521,24 @@ class StackedLitModule(pl.LightningModule):
             if member.best_state is not None:
                 self.model.load_member_state_dict(member.index, member.best_state)
 
-    # -- the optimiser ----------------------------------------------------------------------------
+    # -- the optimiser ---------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = make_optimizer(self.parameters(), self.lr, self.device)
+        """One model.lr for all: make_optimizer's fused Adam and make_lr_scheduler's schedule, as a single
+        run has them. Rates that differ: a StackedAdam with each member's Adam settings, and MemberRates."""
         total = self.trainer.estimated_stepping_batches if self.optimizer_settings.get("scheduler") == "cosine" else 0
-        scheduler = make_lr_scheduler(optimizer, self.optimizer_settings, self.lr, total_steps=total)
+        if len(set(self.lrs)) > 1:
+            single = make_optimizer([torch.zeros(1, device=self.device, requires_grad=True)], self.lrs[0], self.device)
+            optimizer = StackedAdam(self.parameters(), self.lrs, betas=single.defaults["betas"],
+                                    eps=single.defaults["eps"], member_defaults=single.defaults)
+            self._member_rates = MemberRates(optimizer, self.optimizer_settings, self.lrs, total_steps=total)
+            return optimizer
+        optimizer = make_optimizer(self.parameters(), self.lrs[0], self.device)
+        scheduler = make_lr_scheduler(optimizer, self.optimizer_settings, self.lrs[0], total_steps=total)
         self._scheduler_per_step = steps_per_batch(scheduler)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _rates_of_step(self, step: int) -> list[float]:
+        """Each member's rate at optimiser step `step`, as its single run logs it (train/lr)."""
+        if self._member_rates is not None:
+            return [self._member_rates.rate(n, step) for n in range(self.model.n)]
+        return [lr_of_step(self.optimizers().optimizer, self.lr_schedulers(), self.lrs[0], step)] * self.model.n
