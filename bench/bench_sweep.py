@@ -5,6 +5,8 @@
     python bench/bench_sweep.py --processes --concurrent 1 2 --jobs 4 --epochs 2   # separate processes, N at a time
     python bench/bench_sweep.py --jobs 8 -- trainer.accelerator=gpu                # extra train.py overrides after --
     python bench/bench_sweep.py --jobs 32 --epochs 10 --stacked                    # + hydra/launcher=stacked (issue 14)
+    python bench/bench_sweep.py --jobs 32 --epochs 10 --betas 0.25 0.5 1 2 4 8 16 32 --launchers basic stacked \
+        --basic-jobs 8 -- trainer.accelerator=gpu                                   # issue 14's GPU grid: 8 β × 4 seeds
 
 Hydra sweeps (the default): `python train.py -m seed=0,...,J-1` with each --launchers entry:
 `basic` runs the jobs one after another in the sweep's process, `joblib` in n_jobs worker
@@ -53,10 +55,20 @@ def completed_jobs(sweep_dir: Path) -> int:
     return done
 
 
-def hydra_sweep(tree: Path, launcher: str, jobs: int, n_jobs: int | None, overrides: list[str], work: Path) -> float:
-    """Wall seconds of one multirun of `jobs` seeds from `tree`; raises unless every job completed."""
+def grid(jobs: int, betas: list[str]) -> list[str]:
+    """The sweep's overrides: `jobs` seeds, or len(betas) β values × jobs / len(betas) seeds."""
+    if not betas:
+        return [f"seed=range(0,{jobs})"]
+    if jobs % len(betas):
+        raise SystemExit(f"--jobs {jobs} is not a multiple of the {len(betas)} β values")
+    return [f"model.beta={','.join(betas)}", f"seed=range(0,{jobs // len(betas)})"]
+
+
+def hydra_sweep(tree: Path, launcher: str, jobs: int, betas: list[str], n_jobs: int | None, overrides: list[str],
+                work: Path) -> float:
+    """Wall seconds of one multirun of `jobs` jobs from `tree`; raises unless every job completed."""
     sweep_dir = work / f"{tree.name}-{launcher}-{time.monotonic_ns()}"
-    command = [sys.executable, str(tree / "train.py"), "-m", *overrides, f"seed=range(0,{jobs})",
+    command = [sys.executable, str(tree / "train.py"), "-m", *overrides, *grid(jobs, betas),
                f"hydra.sweep.dir={sweep_dir}"]
     if launcher == "joblib":
         command += ["hydra/launcher=joblib", *([f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs else [])]
@@ -95,6 +107,9 @@ def separate_processes(concurrent: int, jobs: int, overrides: list[str], work: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--betas", nargs="+", default=[], help="a β × seed grid: these β, --jobs / len(betas) seeds each")
+    parser.add_argument("--basic-jobs", type=int, default=None,
+                        help="fewer jobs for the one-at-a-time launcher (jobs/hour stay comparable), e.g. on a GPU")
     parser.add_argument("--launchers", nargs="+", choices=["basic", "joblib", "stacked"], default=["basic", "joblib"])
     parser.add_argument("--stacked", action="store_true", help="also hydra/launcher=stacked (this tree only)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib's n_jobs (default: its own, all cores)")
@@ -115,7 +130,7 @@ def main() -> None:
     overrides = [f"data.data_dir={data_root}", "data.source=local", f"data.batch_size={args.batch_size}", *length,
                  "logger=csv", "trainer.enable_progress_bar=false", *args.overrides]
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; data: {note}")
-    print(f"each job: {' '.join(length)}, batch {args.batch_size}, logger=csv; {args.jobs} jobs\n")
+    print(f"each job: {' '.join(length)}, batch {args.batch_size}, logger=csv; {args.jobs} jobs: {' '.join(grid(args.jobs, args.betas))}\n")
 
     if args.processes:
         for n in args.concurrent:
@@ -127,11 +142,15 @@ def main() -> None:
     if args.stacked and "stacked" not in args.launchers:
         args.launchers.append("stacked")
     trees = [REPO] + ([args.base.resolve()] if args.base else [])
+
+    def jobs_of(launcher: str) -> int:
+        return args.basic_jobs if launcher == "basic" and args.basic_jobs else args.jobs
+
     walls: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for launcher in args.launchers:
             for tree in trees if launcher != "stacked" else [REPO]:  # an earlier tree has no stacked launcher
-                wall = hydra_sweep(tree, launcher, args.jobs, args.n_jobs, overrides, work)
+                wall = hydra_sweep(tree, launcher, jobs_of(launcher), args.betas, args.n_jobs, overrides, work)
                 walls.setdefault((tree.name, launcher), []).append(wall)
                 print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s", flush=True)
     print(f"\nmedian of {args.rounds}: wall s, jobs/hour")
@@ -139,19 +158,21 @@ def main() -> None:
         per_hour = {}
         for tree in trees if launcher != "stacked" else [REPO]:
             wall = statistics.median(walls[(tree.name, launcher)])
-            per_hour[tree.name] = 3600 * args.jobs / wall
-            print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s  {per_hour[tree.name]:7.0f} jobs/hour")
+            per_hour[tree.name] = 3600 * jobs_of(launcher) / wall
+            print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s  {per_hour[tree.name]:7.0f} jobs/hour ({jobs_of(launcher)} jobs)")
         if args.base and launcher != "stacked":
             print(f"  {launcher}: this tree / {args.base.name} = {per_hour[REPO.name] / per_hour[trees[1].name]:.2f}× the jobs/hour")
     if args.base and "basic" in args.launchers and "joblib" in args.launchers:
-        best = max(3600 * args.jobs / statistics.median(walls[(REPO.name, name)]) for name in args.launchers)
-        base_serial = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "basic")])
-        base_joblib = 3600 * args.jobs / statistics.median(walls[(trees[1].name, "joblib")])
+        best = max(3600 * jobs_of(name) / statistics.median(walls[(REPO.name, name)]) for name in args.launchers)
+        base_serial = 3600 * jobs_of("basic") / statistics.median(walls[(trees[1].name, "basic")])
+        base_joblib = 3600 * jobs_of("joblib") / statistics.median(walls[(trees[1].name, "joblib")])
         print(f"  this tree's best / {args.base.name}'s basic = {best / base_serial:.2f}×, / its joblib = {best / base_joblib:.2f}×")
     if "stacked" in args.launchers:
-        stacked = statistics.median(walls[(REPO.name, "stacked")])
+        def rate(launcher: str) -> float:
+            return jobs_of(launcher) / statistics.median(walls[(REPO.name, launcher)])
+
         for launcher in (name for name in args.launchers if name != "stacked"):
-            print(f"  stacked / {launcher} (this tree) = {statistics.median(walls[(REPO.name, launcher)]) / stacked:.2f}× the jobs/hour")
+            print(f"  stacked / {launcher} (this tree) = {rate('stacked') / rate(launcher):.2f}× the jobs/hour")
     remove_work_dir(work, args.keep)
 
 

@@ -34,6 +34,13 @@ if [ "${ISSUE13:-0}" = 1 ]; then
     $([ -d .base ] && echo --base .base) 2>&1 | tee "$OUT/bench_sweep.log"
   exit 0
 fi
+# Issue 14 only (ISSUE14=1 bash bench/gpu_run.sh; about 5 minutes on an H200): its 32-job β × seed grid of
+# 10-epoch runs stacked, with joblib (8 workers), and one at a time (4 of its jobs: jobs/hour compare).
+if [ "${ISSUE14:-0}" = 1 ]; then
+  timeout 540 python3 bench/bench_sweep.py --jobs 32 --epochs 10 --betas 0.25 0.5 1 2 4 8 16 32 \
+    --launchers stacked joblib basic --n-jobs 8 --basic-jobs 4 2>&1 | tee "$OUT/bench_stacked.log"
+  exit 0
+fi
 BATCH_SIZES=${BATCH_SIZES:-128 1024}
 LOOPS=${LOOPS:-plain graph vaelab vaelab-eager}
 # A full default run (validation, checkpoints, panels, test) with and without the graph.
