@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -105,6 +106,26 @@ def test_worker_slots_are_the_lowest_free_ones_and_freed_with_their_holder(tmp_p
     assert workers.claim_slot(tmp_path) == 1
     while workers._held:
         workers._held.pop().close()
+
+
+def test_a_worker_takes_its_gpu_at_its_first_one_device_job_and_gives_several_device_jobs_the_sweeps(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    for name, value in (("_claimed", None), ("_slot_gpu", None), ("_sweep_visible", None)):
+        monkeypatch.setattr(workers, name, value)
+    monkeypatch.setattr(workers, "_held", [])
+    threads = torch.get_num_threads()
+    other = workers.claim_slot(tmp_path / workers.SLOTS_DIR)  # another worker holds slot 0: this one gets slot 1
+    try:
+        first = workers.take_worker_slot(tmp_path, n_jobs=2, several_devices=True)
+        assert (first.slot, first.cuda_visible_devices) == (1, None) and os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+        second = workers.take_worker_slot(tmp_path, n_jobs=2, several_devices=False)
+        assert (second.slot, second.cuda_visible_devices) == (1, "5") and os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert workers.sweep_environment()["CUDA_VISIBLE_DEVICES"] == "3,5"  # what a several-device job's process sees
+    finally:
+        torch.set_num_threads(threads)
+        while workers._held:
+            workers._held.pop().close()
+    assert other == 0
 
 
 @pytest.mark.parametrize(("n_jobs", "expected"), [(2, 2), (-1, 16), (-2, 15), (None, 1), (64, 64)])

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import METRICS_FILE, is_rank_zero_process, read_record, write_record
-from vaelab.sweeps.workers import take_worker_slot
+from vaelab.sweeps.workers import sweep_environment, take_worker_slot
 
 log = logging.getLogger("vaelab")
 
@@ -126,7 +126,7 @@ def run_in_own_process(cfg: DictConfig, entry_point: str) -> Optional[float]:
         "hydra.mode=RUN",  # an experiment or hparams_search may set MULTIRUN
     ]
     log.info("job %s on several devices: running it as its own process", run_dir.name)
-    env = {**os.environ, SWEEP_GROUP_ENV: sweep_group() or ""}
+    env = {**sweep_environment(), SWEEP_GROUP_ENV: sweep_group() or ""}  # the sweep's GPUs, not a joblib worker's one
     returncode = subprocess.run(command, env=env).returncode
     record = read_record(run_dir)
     if record is None:

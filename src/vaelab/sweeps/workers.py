@@ -13,13 +13,14 @@ sweep directory that the worker holds until it exits, and
 - torch uses at most (CPU cores // workers) threads in it.
 
 metrics.json records the assignment as `worker`. A job on several devices runs in a process of
-its own (vaelab.sweeps.jobs), which keeps the sweep's GPUs.
+its own (vaelab.sweeps.jobs) with the sweep's CUDA_VISIBLE_DEVICES (`sweep_environment`), not the
+worker's one GPU.
 """
 
 import fcntl
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Optional
 
@@ -41,6 +42,8 @@ class WorkerSlot:
 
 
 _claimed: Optional[WorkerSlot] = None
+_slot_gpu: Optional[str] = None  # the GPU of this worker's slot (applied by its first one-device job)
+_sweep_visible: Optional[str] = None  # CUDA_VISIBLE_DEVICES as the sweep had it, before the worker's
 _held: list[IO] = []  # the lock files of this process's slot: kept open, so kept locked
 
 
@@ -79,30 +82,45 @@ def claim_slot(folder: Path) -> int:
 
 
 def take_worker_slot(sweep_dir: Path, n_jobs: Optional[int], several_devices: bool) -> WorkerSlot:
-    """This worker's slot, GPU and thread count; claimed and applied by its first job."""
-    global _claimed
+    """This worker's slot, GPU and thread count: claimed by its first job; its GPU made the only
+    visible one by its first job on one device (before CUDA starts in the worker)."""
+    global _claimed, _slot_gpu, _sweep_visible
     import torch
 
     if _claimed is None:
         cores = os.cpu_count() or 1
         workers = resolved_n_jobs(n_jobs, cores)
         slot = claim_slot(Path(sweep_dir) / SLOTS_DIR)
+        _sweep_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = visible_gpus()
-        device = gpus[slot % len(gpus)] if gpus else None
-        if device is not None and not several_devices:
-            if torch.cuda.is_initialized():  # too late to choose: say so rather than share silently
-                log.warning("joblib worker %d: CUDA already started, so it keeps the GPUs %s", slot, ",".join(gpus))
-                device = None
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = device
+        _slot_gpu = gpus[slot % len(gpus)] if gpus else None
         threads = max(1, min(torch.get_num_threads(), cores // workers))
         torch.set_num_threads(threads)
-        _claimed = WorkerSlot(slot, workers, device if not several_devices else None, threads, os.getpid())
+        _claimed = WorkerSlot(slot, workers, None, threads, os.getpid())
+    if not several_devices and _claimed.cuda_visible_devices is None and _slot_gpu is not None:
+        if torch.cuda.is_initialized():  # too late to choose: say so rather than share silently
+            log.warning("joblib worker %d: CUDA already started, so it keeps the sweep's GPUs", _claimed.slot)
+            _slot_gpu = None
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _slot_gpu
+            _claimed = replace(_claimed, cuda_visible_devices=_slot_gpu)
     worker = _claimed
     log.info("joblib worker %d of %d (pid %d): %s, %d torch thread(s)", worker.slot, worker.workers, worker.pid,
              f"CUDA_VISIBLE_DEVICES={worker.cuda_visible_devices}" if worker.cuda_visible_devices else "no GPU of its own",
              worker.torch_threads)
     return worker
+
+
+def sweep_environment() -> dict[str, str]:
+    """This process's environment with the sweep's own CUDA_VISIBLE_DEVICES: for a job on several
+    devices, which runs as a process of its own and must see the sweep's GPUs, not the worker's one."""
+    env = dict(os.environ)
+    if _claimed is not None and _claimed.cuda_visible_devices is not None:
+        if _sweep_visible is None:
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = _sweep_visible
+    return env
 
 
 def current_worker() -> Optional[WorkerSlot]:
