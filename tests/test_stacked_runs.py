@@ -306,3 +306,22 @@ def test_a_member_of_its_own_learning_rate_resumes_alone_as_its_single_run_does(
     assert member["train/lr"] == single["train/lr"]
     for key in TERMS:
         assert member[key] == pytest.approx(single[key], rel=RTOL), key
+
+
+def test_lightning_still_has_the_private_checkpoint_schedule_attributes_a_stack_reads():
+    """training/stacked_module.py saves members' checkpoints at ModelCheckpoint's times, read through
+    lightning_compat; an upgrade that drops or renames one fails here, not in a stacked sweep."""
+    import pytorch_lightning as pl
+
+    from vaelab.training.lightning_compat import missing_checkpoint_schedule_attributes, saves_every_epoch, validates_on_a_timer
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    every_epoch = pl.callbacks.ModelCheckpoint(monitor="val/loss")
+    assert not missing_checkpoint_schedule_attributes(trainer, every_epoch), (
+        f"pytorch-lightning {pl.__version__} lacks {', '.join(missing_checkpoint_schedule_attributes(trainer, every_epoch))}; "
+        f"update vaelab/training/lightning_compat.py")
+    assert not validates_on_a_timer(trainer)
+    assert validates_on_a_timer(pl.Trainer(logger=False, enable_checkpointing=False, val_check_interval="00:00:01:00"))
+    assert saves_every_epoch(every_epoch)
+    assert not saves_every_epoch(pl.callbacks.ModelCheckpoint(every_n_train_steps=10))
+    assert not saves_every_epoch(pl.callbacks.ModelCheckpoint(every_n_epochs=2))

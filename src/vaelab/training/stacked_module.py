@@ -38,6 +38,7 @@ from vaelab.models import VAE
 from vaelab.models.stacked import StackedAdam, StackedVAE
 from vaelab.training.callbacks import BestEpochMetrics, LatentPanels
 from vaelab.training.callbacks.latent_panels import split_images
+from vaelab.training.lightning_compat import saves_every_epoch, validates_on_a_timer
 from vaelab.training.module import DIVERGENCE_FACTOR
 from vaelab.training.optim import (clip_gradients, cosine_lr_factor, lr_of_step, make_lr_scheduler, make_optimizer,
                                    steps_per_batch)
@@ -405,7 +406,7 @@ class StackedLitModule(pl.LightningModule):
         """When ModelCheckpoint saves (its _should_save_on_train_epoch_end): at the end of the training
         epoch when validation runs once per epoch, else at the end of each validation."""
         trainer = self.trainer
-        if getattr(trainer, "_val_check_time_interval", None) is not None or trainer.check_val_every_n_epoch != 1:
+        if validates_on_a_timer(trainer) or trainer.check_val_every_n_epoch != 1:
             return False
         return trainer.val_check_interval == 1.0
 
@@ -447,8 +448,7 @@ class StackedLitModule(pl.LightningModule):
     def _save_checkpoints(self, member: MemberRun, metrics: dict[str, float]) -> None:
         """ModelCheckpoint(save_top_k=1, save_last) of the member at this validation's end."""
         callback = member.checkpoint
-        if (callback.save_top_k != 1 or getattr(callback, "_every_n_train_steps", 0)
-                or getattr(callback, "_every_n_epochs", 1) != 1 or getattr(callback, "_train_time_interval", None)):
+        if callback.save_top_k != 1 or not saves_every_epoch(callback):
             raise ValueError("a stacked member saves its best checkpoint (save_top_k=1, every epoch) and last.ckpt only")
         current = metrics.get(callback.monitor)
         score = torch.tensor(float("inf") if current is None or math.isnan(current) else current)
