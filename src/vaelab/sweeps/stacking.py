@@ -10,24 +10,17 @@ A job that cannot stack at all (`why_not_stackable`) runs alone, as without stac
 """
 
 import json
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.sweeps.summary import flatten
 
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
 # Keys that say where a job's files go or what it is called, not what it trains.
 PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
 
 
 def _is_shared(key: str) -> bool:
@@ -39,7 +32,7 @@ def _is_shared(key: str) -> bool:
 def stack_key(cfg: DictConfig) -> str:
     """Equal for jobs that can share one stack: their configs less the per-member and per-job keys."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    shared = {k: v for k, v in _flatten(container).items() if _is_shared(k)}
+    shared = {k: v for k, v in flatten(container).items() if _is_shared(k)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 

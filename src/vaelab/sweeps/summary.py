@@ -106,11 +106,12 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]
 
 # -- groups of seeds (also used by vaelab.compare) -----------------------------------------------
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config container as {"dotted.key": value}; an empty mapping stays a value ({})."""
     if isinstance(node, dict):
         flat: dict[str, Any] = {}
         for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         return flat if flat or not prefix else {prefix[:-1]: {}}
     return {prefix[:-1]: node}
 
@@ -135,7 +136,7 @@ def run_config(run_dir: Path) -> Optional[dict[str, Any]]:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _PARSED_CONFIGS:
         try:
-            _PARSED_CONFIGS[key] = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+            _PARSED_CONFIGS[key] = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
         except Exception:  # a half-written or foreign file: the run is grouped by its overrides, or alone
             _PARSED_CONFIGS[key] = None
     config = _PARSED_CONFIGS[key]
