@@ -57,6 +57,20 @@ def shared_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real SLURM cluster on this machine (munge, slurmctld, nodes n1 and n2; tests/slurm_cluster.py),
+    torn down after the session; the tests that use it are skipped, with the reason, without SLURM."""
+    from slurm_cluster import Cluster, missing
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
 # Rows (fault, what survived, what was lost) that tests/test_faults.py adds; printed at the end.
 FAULT_TABLE: list[tuple[str, str, str]] = []
 
@@ -98,14 +112,44 @@ def small_run_overrides(data_dir: Path, log_dir: Path) -> list[str]:
     ]
 
 
+def start_entry_point(*args: str, script: str = "train.py", env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """`python train.py ...` started in a subprocess, as a user runs it; W&B stays offline; `env` added."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {**inherited, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Wait for a process that start_entry_point started (killed after `timeout` s, which fails the test)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(process.args)} ran longer than {timeout} s:\n{(stdout + stderr)[-4000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def run_entry_point(*args: str, script: str = "train.py", timeout: int = 300,
                     env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     """`python train.py ...` in a subprocess, as a user runs it; W&B stays offline; `env` added."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
-    env = {**inherited, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return finish(start_entry_point(*args, script=script, env=env), timeout)
+
+
+def one_device_test_losses(checkpoint: str, data_dir: Path) -> dict[str, float]:
+    """The checkpoint's losses over the whole test set in one pass on one device."""
+    import pytorch_lightning as pl
+    import torch
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.training import LitAutoencoder
+
+    module = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu")
+    dm = MNISTDataModule(data_dir=str(data_dir), source="local", val_size=128, batch_size=64)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    torch.manual_seed(0)
+    return trainer.test(module, datamodule=dm, verbose=False)[0]
 
 
 def run_dirs(log_dir: Path) -> list[Path]:

@@ -106,6 +106,7 @@ TRAIN_CASES = {
                                    "or null (once per epoch)"),
     "trainer.devices": (["trainer.devices=0"], "trainer.devices=0 must be an integer >= 1, -1 (all), auto, or a list of device indices"),
     "trainer.num_nodes": (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be an integer >= 1"),
+    "trainer.ddp_timeout_s": (["trainer.ddp_timeout_s=0"], "trainer.ddp_timeout_s=0 must be a number > 0"),
     "trainer.log_every_n_steps": (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1 must be an integer >= 0"),
     "trainer.gradient_clip_val": (["trainer.gradient_clip_val=0"], "trainer.gradient_clip_val=0 must be a number > 0 or null"),
     "trainer.gradient_clip_algorithm": (["trainer.gradient_clip_algorithm=l2"], "trainer.gradient_clip_algorithm=l2 must "

@@ -10,29 +10,14 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import N_TEST, N_TRAIN, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
+from conftest import N_TEST, N_TRAIN, one_device_test_losses, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
 from vaelab.wandb_offline import summarize
 
 pytestmark = pytest.mark.slow
 
 VAE_METRICS = [f"{stage}/{term}" for stage in ("train", "val", "test") for term in ("recon", "kl", "loss", "nelbo")]
 AE_METRICS = [f"{stage}/{term}" for stage in ("train", "val", "test") for term in ("recon", "loss")]
-
-
-def _test_set_losses(checkpoint: str, data_dir: Path) -> dict[str, float]:
-    """The checkpoint's losses over the whole test set in one pass on one device."""
-    import pytorch_lightning as pl
-
-    from vaelab.data import MNISTDataModule
-    from vaelab.training import LitAutoencoder
-
-    module = LitAutoencoder.load_from_checkpoint(checkpoint, map_location="cpu")
-    dm = MNISTDataModule(data_dir=str(data_dir), source="local", val_size=128, batch_size=64)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    torch.manual_seed(0)
-    return trainer.test(module, datamodule=dm, verbose=False)[0]
 
 
 def _ok(result):
@@ -107,7 +92,7 @@ def test_ae_run_has_no_kl_and_tests_its_best_checkpoint(shared_data_dir, tmp_pat
     assert not list(run_dir.glob("wandb"))
     assert "kl" not in "".join(_csv_rows(run_dir)[0].keys())
     # The AE is deterministic: test/* are exactly the best checkpoint's losses on the test set.
-    reference = _test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    reference = one_device_test_losses(metrics["best_checkpoint"], shared_data_dir)
     assert metrics["test/recon"] == pytest.approx(reference["test/recon"], rel=1e-5)
     assert metrics["test/recon"] != pytest.approx(metrics["train/recon"], rel=1e-3)  # not some other stage's value
 
@@ -121,7 +106,7 @@ def test_two_process_ddp_run_is_one_run_with_exact_test_metrics(shared_data_dir,
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
     # The test set was split over the ranks without padding: a one-device evaluation of the
     # same checkpoint gives the same numbers.
-    result = _test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    result = one_device_test_losses(metrics["best_checkpoint"], shared_data_dir)
     # The KL is deterministic given the encoder (closed form): any image padded, dropped or
     # counted twice would show. The recon depends on the sampled z, so it only agrees closely.
     assert result["test/kl"] == pytest.approx(metrics["test/kl"], rel=1e-5)

@@ -143,6 +143,7 @@ TRAINER_RULES = [
     Rule("trainer.devices", "an integer >= 1, -1 (all), auto, or a list of device indices",
          lambda v: (_is_int(v) and (v >= 1 or v == -1)) or v == "auto" or _is_device_list(v)),
     integer("trainer.num_nodes", minimum=1),
+    number("trainer.ddp_timeout_s", 0, strict=True),
     integer("trainer.log_every_n_steps", minimum=0),
     number("trainer.gradient_clip_val", 0, strict=True, nullable=True),
     Rule("trainer.gradient_clip_algorithm", "norm or value", lambda v: v in (None, "norm", "value")),

@@ -92,3 +92,6 @@ class SweptKeys(Callback):
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("eval_name", checkpoint_run_name, replace=True)
+    from vaelab.sweeps.slurm import gpus_per_node  # not a name; registered with the names, once
+
+    OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)

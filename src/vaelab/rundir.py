@@ -22,9 +22,28 @@ def is_relaunched_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def cluster_tasks() -> int:
+    """How many processes a cluster started for this run, each one rank (SLURM's srun with
+    several tasks, torchrun); 1 when it runs as one process (which Lightning may relaunch)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("SLURM_NTASKS", "1") or "1")
+
+
+def cluster_rank() -> int:
+    """This process's rank among the `cluster_tasks()` processes of its run: SLURM's task number
+    (SLURM_PROCID, set by srun, also when it starts every task at once) or torchrun's RANK; 0 when
+    a cluster started just this one process."""
+    if cluster_tasks() <= 1:
+        return 0
+    variable = "RANK" if "TORCHELASTIC_RUN_ID" in os.environ else "SLURM_PROCID"
+    return int(os.environ.get(variable, "0") or "0")
+
+
 def is_rank_zero_process() -> bool:
-    """Not a rank that Lightning relaunched, nor a SLURM task other than the first."""
-    return not is_relaunched_rank() and os.environ.get("SLURM_PROCID", "0") == "0"
+    """The one process of a run that owns its directory: takes the lock, writes metrics.json and
+    the summary. Not a rank that Lightning relaunched, nor a cluster's task other than the first."""
+    return not is_relaunched_rank() and cluster_rank() == 0
 
 
 def read_record(run_dir: Path) -> Optional[dict[str, Any]]:
@@ -66,8 +85,8 @@ def refuse_earlier_run(run_dir: Path) -> None:
     The one exception: a requeued SLURM job finds its own interrupted run there, and resumes it
     in place (vaelab.tasks.train).
     """
-    if is_relaunched_rank() or (is_requeued_job() and interrupted_checkpoint(run_dir) is not None):
-        return
+    if not is_rank_zero_process() or (is_requeued_job() and interrupted_checkpoint(run_dir) is not None):
+        return  # the other ranks of a run work in rank 0's directory
     earlier = [p.name for p in (Path(run_dir) / METRICS_FILE, Path(run_dir) / "checkpoints") if p.exists()]
     if earlier:
         raise ConfigError(
@@ -82,7 +101,7 @@ def lock_run_dir(run_dir: Path) -> None:
     An advisory lock (flock) on a file in the directory: the OS drops it when the holder ends,
     kill -9 too, so a stale lock never blocks a later run.
     """
-    if is_relaunched_rank():  # DDP's other ranks write into rank 0's directory
+    if not is_rank_zero_process():  # a run's other ranks write into rank 0's directory, without a lock
         return
     run_dir = Path(run_dir).resolve()
     if run_dir in _held_locks:

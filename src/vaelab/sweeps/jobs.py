@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import RunInterrupted, VaelabError
-from vaelab.rundir import METRICS_FILE, is_rank_zero_process, read_record, write_record
+from vaelab.rundir import METRICS_FILE, cluster_tasks, is_rank_zero_process, read_record, write_record
 from vaelab.sweeps.workers import sweep_environment, take_worker_slot
 
 log = logging.getLogger("vaelab")
@@ -83,22 +83,23 @@ def override_tags() -> list[str]:
     return tags
 
 
-def _launched_externally() -> bool:
-    """A cluster started one process per rank (SLURM with several tasks, torchrun)."""
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
-
-
-def _one_process(trainer_cfg: Optional[DictConfig]) -> bool:
+def trainer_processes(trainer_cfg: Optional[DictConfig]) -> Optional[int]:
+    """How many processes the trainer config asks for (devices × nodes), None when Lightning
+    decides (devices=-1 or auto)."""
     if trainer_cfg is None:  # a task without a Trainer (eval.py)
-        return True
-    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+        return 1
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
     if isinstance(devices, (list, tuple, ListConfig)):
         count = len(devices)
     elif isinstance(devices, str):
         count = len(devices.split(",")) if "," in devices else (int(devices) if devices.isdigit() else None)
     else:
         count = devices
-    return count == 1 and nodes in (1, None)
+    return count * nodes if isinstance(count, int) and count >= 1 else None
+
+
+def _one_process(trainer_cfg: Optional[DictConfig]) -> bool:
+    return trainer_processes(trainer_cfg) == 1
 
 
 def in_joblib_worker() -> bool:
@@ -108,7 +109,7 @@ def in_joblib_worker() -> bool:
 
 def needs_own_process(cfg: DictConfig) -> bool:
     """True for a multirun job on several devices that Lightning would start itself (see above)."""
-    return in_multirun() and not _launched_externally() and not _one_process(cfg.get("trainer"))
+    return in_multirun() and cluster_tasks() == 1 and not _one_process(cfg.get("trainer"))
 
 
 class JobFailed(VaelabError):
@@ -181,12 +182,16 @@ def run_sweep_job(check: Callable[[DictConfig], None], task: Callable[[DictConfi
         _finish_stray_wandb_run()
         sys.exit(err.exit_code)
     except Exception as err:
-        if not is_rank_zero_process():
-            raise
         if isinstance(err, VaelabError):
             log.error("job failed: %s", err)
         else:
             log.exception("job failed: %s", describe_error(err))
-        record_failure(cfg, describe_error(err))
-        _finish_stray_wandb_run()
+        if is_rank_zero_process():
+            record_failure(cfg, describe_error(err))
+            _finish_stray_wandb_run()
+        if cluster_tasks() > 1:
+            # One of several ranks that the cluster started (srun): the task must end with an error,
+            # so that srun stops the job's other ranks (--kill-on-bad-exit) instead of leaving them
+            # waiting for this one; the SLURM launcher then reads each rank's error.
+            raise
         return None

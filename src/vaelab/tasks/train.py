@@ -9,16 +9,18 @@ import logging
 import math
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpoint
 from vaelab.errors import RunInterrupted, VaelabError
-from vaelab.rundir import (interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir, refuse_earlier_run,
-                           release_run_dir, write_record)
+from vaelab.rundir import (cluster_tasks, interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir,
+                           refuse_earlier_run, release_run_dir, write_record)
+from vaelab.sweeps.jobs import trainer_processes
 from vaelab.sweeps.workers import current_worker
 from vaelab.tasks.build import build, build_each
 from vaelab.training.callbacks import BestEpochMetrics, Preemption
@@ -63,6 +65,23 @@ def _resume_in_place(run_dir: Path) -> Optional[str]:
     return str(checkpoint)
 
 
+def trainer_settings(trainer_cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """The Trainer's own settings, and vaelab's choice of strategy: with several processes and
+    no strategy chosen, DDP whose processes wait `trainer.ddp_timeout_s` for each other (when
+    they meet at the start, and at every step), so a rank that fails before the others reach it
+    ends the run after that time instead of leaving them waiting."""
+    timeout = trainer_cfg.get("ddp_timeout_s")
+    settings = trainer_cfg.copy()
+    with open_dict(settings):
+        settings.pop("ddp_timeout_s", None)
+    several = (trainer_processes(trainer_cfg) or 1) > 1 or cluster_tasks() > 1
+    if not several or timeout is None or settings.get("strategy", "auto") not in ("auto", "ddp"):
+        return settings, {}
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return settings, {"strategy": DDPStrategy(timeout=timedelta(seconds=timeout))}
+
+
 def run(cfg: DictConfig) -> Optional[float]:
     """Train and test one model as `cfg` says; returns the value of `cfg.optimized_metric`."""
     # Every process logs this into its own log file (a relaunched DDP rank: train_ddp_process_<r>.log),
@@ -104,8 +123,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     del checkpoint  # Lightning reads the file again to restore the trainer: do not hold it twice
     callbacks = build_each("callbacks", cfg.get("callbacks"))
     # Checkpoints are written atomically in their own directory and read with weights_only=True.
-    trainer: pl.Trainer = build("trainer", cfg.trainer, logger=loggers, callbacks=callbacks,
-                                plugins=[AtomicCheckpointIO()], **{key: None for key in clipping})
+    trainer_cfg, strategy = trainer_settings(cfg.trainer)
+    trainer: pl.Trainer = build("trainer", trainer_cfg, logger=loggers, callbacks=callbacks,
+                                plugins=[AtomicCheckpointIO()], **strategy, **{key: None for key in clipping})
     log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
     record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}

@@ -40,6 +40,7 @@ from vaelab.models.stacked import StackedVAE, member_from_seed
 from vaelab.rundir import lock_run_dir, refuse_earlier_run, release_run_dir, write_record
 from vaelab.sweeps.stacking import stack_key, why_not_stackable
 from vaelab.tasks.build import build
+from vaelab.tasks.train import trainer_settings
 from vaelab.training.callbacks import BestEpochMetrics, LatentPanels, ResumableModelCheckpoint
 from vaelab.training.loggers import finish_loggers, log_hyperparameters
 from vaelab.training.stacked_module import MemberRun, StackedDataModule, StackedLitModule
@@ -204,9 +205,10 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path], extra_callback
     module = StackedLitModule(stack, members, lrs, optimizer=optimizer, before_step=before_step, **clipping)
     if shared.model.get("cuda_graph", True):
         log.info("training step of the stack: eager (the CUDA-graph step does not take a stack yet)")
-    trainer: pl.Trainer = build("trainer", shared.trainer, logger=False, callbacks=extra_callbacks,
+    trainer_cfg, strategy = trainer_settings(shared.trainer)  # one device: no strategy of vaelab's
+    trainer: pl.Trainer = build("trainer", trainer_cfg, logger=False, callbacks=extra_callbacks,
                                 enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
-                                **{key: None for key in clipping})
+                                **strategy, **{key: None for key in clipping})
     for cfg, member in zip(cfgs, members):
         log_hyperparameters(member.loggers, {**_container(cfg), "data_used": data_info})
 

@@ -1,0 +1,276 @@
+"""`hydra/launcher=slurm` against a real SLURM cluster on this machine (the `slurm_cluster` fixture:
+munge, slurmctld and two slurmd nodes, tests/slurm_cluster.py), through `python train.py -m` with
+the README's command: only the partition and the CPU accelerator differ from what a GPU cluster gets.
+Skipped, with the reason, where SLURM is not installed (`.ci/run` installs it)."""
+
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import REPO, finish, one_device_test_losses, small_run_overrides, start_entry_point
+from vaelab import rundir
+from vaelab.sweeps.slurm import rank_settings
+
+# The README's command; the cluster's partition and account, and trainer.accelerator=cpu (small_run_overrides).
+SLURM_SWEEP = ("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.account=vaelab")
+LONG_EPOCHS = 20  # the reference and the preempted run: long enough to be signalled in the middle of training
+
+
+def _start(cluster, data_dir: Path, log_dir: Path, *overrides: str, epochs: int = 2) -> subprocess.Popen:
+    shrunk = [o for o in small_run_overrides(data_dir, log_dir) if not o.startswith("trainer.max_epochs=")]
+    return start_entry_point(*SLURM_SWEEP, *shrunk, f"trainer.max_epochs={epochs}", "logger=csv", *overrides,
+                             env=cluster.env)
+
+
+def _sweep_dir(log_dir: Path) -> Path:
+    (sweep_dir,) = Path(log_dir).glob("multirun/*/*")
+    return sweep_dir
+
+
+def _job_dir(sweep_dir: Path, num: int = 0) -> Path:
+    (job_dir,) = sweep_dir.glob(f"{num}_*")
+    return job_dir
+
+
+def _record(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def _test_metrics(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k.startswith("test/")}
+
+
+def _summary_rows(sweep_dir: Path) -> list[dict]:
+    with (sweep_dir / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _slurm_ids(sweep_dir: Path) -> list[str]:
+    """The SLURM job ids of the sweep's jobs (`<array>_<index>`, or `<id>` for a lone job), from submitit's folders."""
+    return sorted(p.name.rsplit("_submitted.pkl")[0] for p in sweep_dir.glob(".submitit/*/*_submitted.pkl"))
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def _wait_for(condition, timeout: float, what: str, cluster=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s" + (f"\n{cluster.logs()}" if cluster else ""))
+        time.sleep(0.2)
+
+
+def _slurm(cluster, *command: str) -> str:
+    result = subprocess.run(command, env={**os.environ, **cluster.env}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
+    return result.stdout
+
+
+# -- without a cluster: which process of a run is which rank, and what each rank writes ----------
+
+@pytest.mark.parametrize(("env", "rank"), [
+    ({}, 0),
+    ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, 0),  # a one-task SLURM job
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "0"}, 0),
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "3"}, 3),  # srun starts all tasks at once, none has LOCAL_RANK yet
+    ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "RANK": "1"}, 1),  # torchrun
+])
+def test_every_task_a_cluster_starts_is_a_rank_of_the_one_run(env, rank, monkeypatch, tmp_path):
+    for name in ("SLURM_NTASKS", "SLURM_PROCID", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert rundir.cluster_rank() == rank and rundir.is_rank_zero_process() is (rank == 0)
+    (tmp_path / "checkpoints").mkdir()  # what rank 0 of this very run may have written already
+    if rank == 0:  # the run's one owner: refuses a directory with results, takes the lock
+        with pytest.raises(rundir.ConfigError, match="already holds an earlier run"):
+            rundir.refuse_earlier_run(tmp_path)
+        rundir.lock_run_dir(tmp_path)
+        assert (tmp_path / rundir.LOCK_FILE).read_text().startswith("vaelab process")
+        rundir.release_run_dir(tmp_path)
+    else:  # another rank of the same run: neither refuses nor locks (it used to, and hung its job)
+        rundir.refuse_earlier_run(tmp_path)
+        rundir.lock_run_dir(tmp_path)
+        assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_rank_zero_writes_the_config_and_train_log_other_ranks_their_own_log(rank, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", str(rank))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    rank_settings(cfg)
+    filename = OmegaConf.to_container(cfg.hydra.job_logging.handlers.file, resolve=False)["filename"]
+    assert (cfg.hydra.output_subdir, filename.rsplit("/", 1)[-1]) == (
+        (".hydra", "${hydra.job.name}.log") if rank == 0 else (None, "${hydra.job.name}_ddp_process_1.log"))
+
+
+def test_a_cpu_job_asks_slurm_for_no_gpu():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        gpu = compose(config_name="train", overrides=["hydra/launcher=slurm", "trainer.devices=4"], return_hydra_config=True)
+        cpu = compose(config_name="train", overrides=["hydra/launcher=slurm", "trainer.devices=4", "trainer.accelerator=cpu"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert (gpu.hydra.launcher.gpus_per_node, gpu.hydra.launcher.tasks_per_node) == (4, 4)
+    assert (cpu.hydra.launcher.gpus_per_node, cpu.hydra.launcher.tasks_per_node) == (None, 4)
+    assert list(cpu.hydra.launcher.srun_args) == ["--kill-on-bad-exit=1"]
+
+
+@pytest.mark.parametrize(("trainer", "strategy"), [({"devices": 2}, True), ({"devices": 1, "num_nodes": 2}, True),
+                                                  ({"devices": 1}, False), ({"devices": 2, "strategy": "ddp_spawn"}, False)])
+def test_several_processes_get_ddp_with_vaelabs_timeout(trainer, strategy):
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from vaelab.tasks.train import trainer_settings
+
+    settings, extra = trainer_settings(OmegaConf.create({**trainer, "ddp_timeout_s": 10}))
+    assert "ddp_timeout_s" not in settings  # vaelab's key, not a Trainer argument
+    assert isinstance(extra.get("strategy"), DDPStrategy) is strategy  # one device keeps Lightning's (and the CUDA graph)
+
+
+# -- on the cluster --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def beta_sweep(slurm_cluster, shared_data_dir, tmp_path_factory) -> Path:
+    """`model.beta=1,4`, one task each: the reference for the tests below (its job 0 is model.beta=1)."""
+    log_dir = tmp_path_factory.mktemp("beta_sweep")
+    _ok(finish(_start(slurm_cluster, shared_data_dir, log_dir, "model.beta=1,4", epochs=LONG_EPOCHS)))
+    return _sweep_dir(log_dir)
+
+
+@pytest.mark.slow
+def test_a_beta_sweep_is_one_slurm_job_per_setting(beta_sweep):
+    rows = _summary_rows(beta_sweep)
+    assert [(r["status"], r["overrides"]) for r in rows] == [("completed", "model.beta=1"), ("completed", "model.beta=4")]
+    assert len(_slurm_ids(beta_sweep)) == 2
+    for num in (0, 1):
+        job_dir = _job_dir(beta_sweep, num)
+        assert _record(job_dir)["devices"] == 1
+        assert not (job_dir / ".vaelab.lock").exists() and not list(job_dir.glob("train_ddp_process_*.log"))
+    # What sbatch and srun were asked for: conf/hydra/launcher/slurm.yaml, and no GPU for a CPU job.
+    (script,) = beta_sweep.glob(".submitit/*/*_submission.sh")
+    text = script.read_text()
+    for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=32GB",
+                 "#SBATCH --signal=USR2@120", "#SBATCH --time=240", "#SBATCH --partition=debug", "#SBATCH --account=vaelab", "--kill-on-bad-exit=1"):
+        assert line in text
+    assert "gpu" not in text
+
+
+@pytest.mark.slow
+def test_a_job_on_two_tasks_or_two_nodes_is_one_run(slurm_cluster, shared_data_dir, tmp_path):
+    placements = {"one node": "trainer.devices=2", "two nodes": "trainer.num_nodes=2"}
+    started = {name: _start(slurm_cluster, shared_data_dir, tmp_path / name.replace(" ", "_"), override)
+               for name, override in placements.items()}  # both at once: the cluster has room for them
+    records = {}
+    for name, process in started.items():
+        _ok(finish(process))
+        sweep_dir = _sweep_dir(tmp_path / name.replace(" ", "_"))
+        run_dir = _job_dir(sweep_dir)
+        # One run: rank 0 writes the run's files, rank 1 only its log (it trained the same model).
+        assert {p.name for p in run_dir.iterdir()} == {".hydra", "train.log", "train_ddp_process_1.log", "metrics.json",
+                                                        "checkpoints", "csv", "images"}
+        for log_file in ("train.log", "train_ddp_process_1.log"):
+            assert "hyperparameters: model=vae latent_dim=4 hidden_dims=[64] beta=1" in (run_dir / log_file).read_text()
+        record = records[name] = _record(run_dir)
+        assert record["status"] == "completed" and record["devices"] == 2
+        # Where SLURM put rank 1: beside rank 0, or on the second node.
+        (slurm_id,) = _slurm_ids(sweep_dir)
+        rank_one = (sweep_dir / ".submitit" / slurm_id / f"{slurm_id}_1_log.out").read_text()
+        assert ("node=1(2), global_rank=1(2)" if name == "two nodes" else "local_rank=1(2), node=0(1)") in rank_one
+        # The test set was split over the ranks without padding: one device gives the same numbers
+        # (the KL exactly; the recon depends on the sampled z).
+        one_device = one_device_test_losses(record["best_checkpoint"], shared_data_dir)
+        assert one_device["test/kl"] == pytest.approx(record["test/kl"], rel=1e-5)
+        assert one_device["test/recon"] == pytest.approx(record["test/recon"], rel=2e-2)
+    # Ranks 0 and 1 see the same data and noise wherever SLURM places them.
+    assert _test_metrics(records["one node"]) == _test_metrics(records["two nodes"])
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_cluster, shared_data_dir, tmp_path,
+                                                                     beta_sweep):
+    process = _start(slurm_cluster, shared_data_dir, tmp_path, "model.beta=1", epochs=LONG_EPOCHS)
+    _wait_for(lambda: list(tmp_path.glob("multirun/*/*/0_*/checkpoints/last.ckpt")), 120, "the first epoch's checkpoint")
+    sweep_dir = _sweep_dir(tmp_path)
+    run_dir = _job_dir(sweep_dir)
+    (slurm_id,) = _slurm_ids(sweep_dir)
+    # SLURM's advance warning of a time limit, as `--signal=USR2@120` sends it, to the job's tasks.
+    _slurm(slurm_cluster, "scancel", "--signal=USR2", slurm_id)
+    _wait_for(lambda: (run_dir / "metrics.json").exists() and _record(run_dir)["status"] == "interrupted", 120,
+              "the interrupted run's record", slurm_cluster)
+    interrupted = _record(run_dir)
+    assert interrupted["resume_checkpoint"] == str(run_dir / "checkpoints" / "interrupted.ckpt")
+    assert 0 < interrupted["global_step"] < LONG_EPOCHS * 8
+    # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes), then restarts it.
+    def restarted() -> bool:
+        job = _slurm(slurm_cluster, "scontrol", "show", "job", slurm_id)
+        if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job:
+            _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # skip SLURM's delay
+        return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
+
+    _wait_for(restarted, 60, "the requeue and restart", slurm_cluster)
+    result = _ok(finish(process, timeout=300))
+    record = _record(run_dir)
+    assert record["status"] == "completed" and record["epochs"] == LONG_EPOCHS
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.until_restart1.csv").is_file()  # the rows before the requeue
+    # Exactly what the same job gave without the interruption (job 0 of the β sweep).
+    assert _test_metrics(record) == _test_metrics(_record(_job_dir(beta_sweep, 0)))
+    assert "requeued by SLURM (restart 1): resuming in place" in (run_dir / "train.log").read_text()
+    assert [r["status"] for r in _summary_rows(sweep_dir)] == ["completed"], result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stopped_by", ["srun", "the rendezvous timeout"])
+def test_a_failing_rank_fails_its_job_with_its_error_in_bounded_time(slurm_cluster, shared_data_dir, tmp_path, stopped_by):
+    # The data reached node n1 only: rank 1, on n2, fails before the ranks meet.
+    node_data = tmp_path / "data_n1"
+    node_data.symlink_to(shared_data_dir, target_is_directory=True)
+    data_dir = f"{tmp_path}/data_${{oc.env:SLURMD_NODENAME,none}}"  # resolved on each node
+    overrides = ["data.source=local", "trainer.num_nodes=2"]
+    if stopped_by != "srun":  # srun lets rank 0 wait; DDP's timeout ends it
+        overrides += ["hydra.launcher.srun_args=[]", "trainer.ddp_timeout_s=10"]
+    started = time.monotonic()
+    result = finish(_start(slurm_cluster, data_dir, tmp_path / "out", *overrides), timeout=240)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]  # a sweep with a failed job
+    sweep_dir = _sweep_dir(tmp_path / "out")
+    (row,) = _summary_rows(sweep_dir)
+    cause = f"rank 1 failed: no mnist files in {tmp_path}/data_n2/MNIST/raw (data.source=local)"
+    assert row["status"] == "failed" and row["error"].startswith(cause)
+    assert _record(_job_dir(sweep_dir))["error"] == row["error"]
+    if stopped_by == "srun":
+        assert "rank 0 ended without a result (stopped by srun or SLURM" in row["error"]
+    else:
+        assert "rank 0 failed: torch.distributed.DistStoreError: Timed out" in row["error"]
+    assert cause in result.stderr + result.stdout  # said on the console too
+    assert elapsed < 120, f"the sweep took {elapsed:.0f} s to notice the failure"
+
+
+@pytest.mark.slow
+def test_a_job_that_never_starts_is_listed_as_failed(slurm_cluster, shared_data_dir, tmp_path):
+    # The job's shell fails before srun starts Python (hydra.launcher.setup runs first): no task, no run directory.
+    result = finish(_start(slurm_cluster, shared_data_dir, tmp_path, "hydra.launcher.setup=[exit 3]", "model.beta=2"),
+                    timeout=120)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
+    sweep_dir = _sweep_dir(tmp_path)
+    (row,) = _summary_rows(sweep_dir)
+    assert row["status"] == "failed" and row["run_name"] == "vae-z4-beta2"
+    assert row["error"].startswith("rank 0 ended without a result (stopped by srun or SLURM, or never started: see ")
+    assert Path(row["run_dir"]).name == "0_vae-z4-beta2"  # where Hydra would have put it
