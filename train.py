@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from vaelab.tasks.cli import (refuse_unwritable_run_dir, refuse_used_run_dir, report_errors,  # noqa: E402
-                              silence_known_noise)
+from vaelab.tasks.cli import (rank_overrides, refuse_unwritable_run_dir, refuse_used_run_dir,  # noqa: E402
+                              report_errors, silence_known_noise)
 
 silence_known_noise()
 
@@ -37,4 +37,5 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     refuse_unwritable_run_dir(sys.argv[1:])  # first: the next check creates the directory
     refuse_used_run_dir(sys.argv[1:])
+    sys.argv += rank_overrides(sys.argv[1:])  # srun's rank r > 0 of a single run: its own log, no .hydra/
     main()

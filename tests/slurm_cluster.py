@@ -12,6 +12,7 @@ Clients find the cluster through the environment: `SLURM_CONF` (see `Cluster.env
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,6 +61,7 @@ ReturnToService=2
 SchedulerParameters=sched_interval=1
 KillWait=5
 MinJobAge=600
+FirstJobId={first_job_id}
 {nodes}
 PartitionName={partition} Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
 """
@@ -113,8 +115,11 @@ class Cluster:
         ctld_port, *node_ports = _free_ports(1 + len(NODES))
         nodes = "\n".join(NODE_LINE.format(name=n, port=p, cpus=NODE_CPUS, memory=NODE_MEMORY_MB)
                           for n, p in zip(NODES, node_ports))
+        # Lightning takes a SLURM job's MASTER_PORT from its id: ids of their own keep two clusters apart.
+        first_job_id = random.randrange(1000, 9000, 100)
         (self.dir / "slurm.conf").write_text(SLURM_CONF.format(
-            dir=self.dir, ctld_port=ctld_port, nodes=nodes, partition=PARTITION, node_list=",".join(NODES)))
+            dir=self.dir, ctld_port=ctld_port, nodes=nodes, partition=PARTITION, node_list=",".join(NODES),
+            first_job_id=first_job_id))
         key = self.dir / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
@@ -132,6 +137,15 @@ class Cluster:
         return self
 
     def stop(self) -> None:
+        """Cancel every job (their tasks ignore SIGTERM: submitit's handler), then stop the daemons."""
+        if self.processes and self.processes[-1].poll() is None:
+            try:
+                self._run(["scancel", "--full", "--signal=KILL", f"--user={os.getuid()}"])
+                deadline = time.monotonic() + 30
+                while self._run(["squeue", "--noheader"]).stdout.strip() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -6,7 +6,10 @@ Skipped, with the reason, where SLURM is not installed (`.ci/run` installs it)."
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import REPO, finish, one_device_test_losses, small_run_overrides, start_entry_point
+from conftest import (FAULT_TABLE, REPO, finish, one_device_test_losses, run_dirs, small_run_overrides,
+                      start_entry_point)
 from vaelab import rundir
 from vaelab.sweeps.slurm import rank_settings
 
@@ -172,15 +176,24 @@ def test_a_beta_sweep_is_one_slurm_job_per_setting(beta_sweep):
     assert "gpu" not in text
 
 
-@pytest.mark.slow
-def test_a_job_on_two_tasks_or_two_nodes_is_one_run(slurm_cluster, shared_data_dir, tmp_path):
-    placements = {"one node": "trainer.devices=2", "two nodes": "trainer.num_nodes=2"}
-    started = {name: _start(slurm_cluster, shared_data_dir, tmp_path / name.replace(" ", "_"), override)
-               for name, override in placements.items()}  # both at once: the cluster has room for them
-    records = {}
-    for name, process in started.items():
+PLACEMENTS = {"one node": "trainer.devices=2", "two nodes": "trainer.num_nodes=2"}
+
+
+@pytest.fixture(scope="module")
+def two_task_sweeps(slurm_cluster, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """One job on 2 tasks of one node, and one on 2 nodes, started at once (the cluster has room for both)."""
+    log_dirs = {name: tmp_path_factory.mktemp(name.replace(" ", "_")) for name in PLACEMENTS}
+    started = {name: _start(slurm_cluster, shared_data_dir, log_dirs[name], override, epochs=LONG_EPOCHS)
+               for name, override in PLACEMENTS.items()}
+    for process in started.values():
         _ok(finish(process))
-        sweep_dir = _sweep_dir(tmp_path / name.replace(" ", "_"))
+    return {name: _sweep_dir(log_dir) for name, log_dir in log_dirs.items()}
+
+
+@pytest.mark.slow
+def test_a_job_on_two_tasks_or_two_nodes_is_one_run(two_task_sweeps, shared_data_dir):
+    records = {}
+    for name, sweep_dir in two_task_sweeps.items():
         run_dir = _job_dir(sweep_dir)
         # One run: rank 0 writes the run's files, rank 1 only its log (it trained the same model).
         assert {p.name for p in run_dir.iterdir()} == {".hydra", "train.log", "train_ddp_process_1.log", "metrics.json",
@@ -202,38 +215,63 @@ def test_a_job_on_two_tasks_or_two_nodes_is_one_run(slurm_cluster, shared_data_d
     assert _test_metrics(records["one node"]) == _test_metrics(records["two nodes"])
 
 
-@pytest.mark.slow
-def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_cluster, shared_data_dir, tmp_path,
-                                                                     beta_sweep):
-    process = _start(slurm_cluster, shared_data_dir, tmp_path, "model.beta=1", epochs=LONG_EPOCHS)
-    _wait_for(lambda: list(tmp_path.glob("multirun/*/*/0_*/checkpoints/last.ckpt")), 120, "the first epoch's checkpoint")
-    sweep_dir = _sweep_dir(tmp_path)
-    run_dir = _job_dir(sweep_dir)
-    (slurm_id,) = _slurm_ids(sweep_dir)
-    # SLURM's advance warning of a time limit, as `--signal=USR2@120` sends it, to the job's tasks.
-    _slurm(slurm_cluster, "scancel", "--signal=USR2", slurm_id)
-    _wait_for(lambda: (run_dir / "metrics.json").exists() and _record(run_dir)["status"] == "interrupted", 120,
-              "the interrupted run's record", slurm_cluster)
-    interrupted = _record(run_dir)
-    assert interrupted["resume_checkpoint"] == str(run_dir / "checkpoints" / "interrupted.ckpt")
-    assert 0 < interrupted["global_step"] < LONG_EPOCHS * 8
-    # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes), then restarts it.
-    def restarted() -> bool:
-        job = _slurm(slurm_cluster, "scontrol", "show", "job", slurm_id)
-        if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job:
-            _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # skip SLURM's delay
-        return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
+def _task_pid(slurm_id: str, rank: int) -> int:
+    """The process of task `rank` of a (non-array) SLURM job on this machine."""
+    wanted = {f"SLURM_JOB_ID={slurm_id}", f"SLURM_PROCID={rank}"}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted <= set(environ.read_bytes().decode(errors="replace").split("\0")) and \
+                    b"submitit.core._submit" in (environ.parent / "cmdline").read_bytes():
+                return int(environ.parent.name)
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    raise AssertionError(f"no process of task {rank} of SLURM job {slurm_id}")
 
-    _wait_for(restarted, 60, "the requeue and restart", slurm_cluster)
-    result = _ok(finish(process, timeout=300))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_cluster, shared_data_dir, tmp_path,
+                                                                     beta_sweep, two_task_sweeps, tasks):
+    process = _start(slurm_cluster, shared_data_dir, tmp_path, "model.beta=1", f"trainer.devices={tasks}",
+                     epochs=LONG_EPOCHS)
+    try:
+        _wait_for(lambda: list(tmp_path.glob("multirun/*/*/0_*/checkpoints/last.ckpt")), 120, "the first epoch's checkpoint")
+        sweep_dir = _sweep_dir(tmp_path)
+        run_dir = _job_dir(sweep_dir)
+        (slurm_id,) = _slurm_ids(sweep_dir)
+        if tasks == 1:  # SLURM's advance warning of a time limit, as `--signal=USR2@120` sends it, to the job's tasks
+            _slurm(slurm_cluster, "scancel", "--signal=USR2", slurm_id)
+        else:  # the warning reaching rank 1 only (SLURM signals each task on its own): both ranks must stop at one batch
+            os.kill(_task_pid(slurm_id, 1), signal.SIGUSR2)
+        _wait_for(lambda: (run_dir / "metrics.json").exists() and _record(run_dir)["status"] == "interrupted", 120,
+                  "the interrupted run's record", slurm_cluster)
+        interrupted = _record(run_dir)
+        assert interrupted["resume_checkpoint"] == str(run_dir / "checkpoints" / "interrupted.ckpt")
+        assert 0 < interrupted["global_step"] < LONG_EPOCHS * 8
+
+        # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes), then restarts it.
+        def restarted() -> bool:
+            job = _slurm(slurm_cluster, "scontrol", "show", "job", slurm_id)
+            if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job:
+                _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # skip SLURM's delay
+            return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
+
+        _wait_for(restarted, 60, "the requeue and restart", slurm_cluster)
+        result = _ok(finish(process, timeout=300))
+    finally:  # a failed check leaves no sweep behind
+        if process.poll() is None:
+            process.kill()
     record = _record(run_dir)
     assert record["status"] == "completed" and record["epochs"] == LONG_EPOCHS
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
     assert (run_dir / "csv" / "metrics.until_restart1.csv").is_file()  # the rows before the requeue
-    # Exactly what the same job gave without the interruption (job 0 of the β sweep).
-    assert _test_metrics(record) == _test_metrics(_record(_job_dir(beta_sweep, 0)))
+    # Exactly what the same job gave without the interruption.
+    uninterrupted = _job_dir(beta_sweep, 0) if tasks == 1 else _job_dir(two_task_sweeps["one node"])
+    assert _test_metrics(record) == _test_metrics(_record(uninterrupted))
     assert "requeued by SLURM (restart 1): resuming in place" in (run_dir / "train.log").read_text()
     assert [r["status"] for r in _summary_rows(sweep_dir)] == ["completed"], result.stdout[-2000:]
+    FAULT_TABLE.append((f"SLURM SIGUSR2 + requeue, real SLURM, {tasks} task(s)", "the run directory, continued in place; "
+                        "bitwise the uninterrupted test metrics", "nothing"))
 
 
 @pytest.mark.slow
@@ -274,3 +312,21 @@ def test_a_job_that_never_starts_is_listed_as_failed(slurm_cluster, shared_data_
     assert row["status"] == "failed" and row["run_name"] == "vae-z4-beta2"
     assert row["error"].startswith("rank 0 ended without a result (stopped by srun or SLURM, or never started: see ")
     assert Path(row["run_dir"]).name == "0_vae-z4-beta2"  # where Hydra would have put it
+
+
+@pytest.mark.slow
+def test_the_ranks_srun_starts_for_a_single_run_share_its_directory(slurm_cluster, shared_data_dir, tmp_path):
+    """Without the launcher: `srun --ntasks-per-node=2 python train.py trainer.devices=2`, both tasks at once."""
+    command = ["srun", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--partition=debug", sys.executable,
+               str(REPO / "train.py"), *small_run_overrides(shared_data_dir, tmp_path), "logger=csv", "trainer.devices=2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "MASTER_"))}
+    result = subprocess.run(command, env={**env, **slurm_cluster.env}, cwd=REPO, capture_output=True, text=True,
+                            timeout=240)
+    _ok(result)
+    (run_dir,) = run_dirs(tmp_path)
+    assert re.fullmatch(r"\d+\.0_vae-z4-beta1", run_dir.name) and run_dir.parent.name == "slurm"
+    assert {p.name for p in run_dir.iterdir()} == {".hydra", "train.log", "train_ddp_process_1.log", "metrics.json",
+                                                    "checkpoints", "csv", "images"}
+    record = _record(run_dir)
+    assert record["status"] == "completed" and record["devices"] == 2
+    assert "hyperparameters: model=vae" in (run_dir / "train_ddp_process_1.log").read_text()

@@ -11,11 +11,14 @@ Kept light (no torch): every process that composes a vaelab config imports it.
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.rundir import cluster_tasks
 
 SWEPT_KEYS_ENV = "VAELAB_SWEPT_KEYS"
 # Keys that the model part of the name shows already.
@@ -43,6 +46,16 @@ def swept_keys(overrides: list[str], sweeper_params: Optional[dict] = None) -> l
     keys = [o.key_or_group for o in parsed if not o.is_hydra_override()
             and (o.is_sweep_override() or o.key_or_group in (sweeper_params or {}))]
     return list(dict.fromkeys(keys))
+
+
+def run_stamp() -> str:
+    """`${run_stamp:}`: where under runs/ a single run's directory goes: `<date>/<time to the
+    microsecond>`, unique to its process; for the processes that srun starts together as the
+    ranks of one run (SLURM_NTASKS > 1), `slurm/<job id>.<step id>`, the same for all of them
+    (and again when SLURM requeues the job, which then resumes in place)."""
+    if cluster_tasks() > 1 and os.environ.get("SLURM_JOB_ID"):
+        return f"slurm/{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+    return datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
 
 
 def run_name(_root_: DictConfig) -> str:
@@ -92,6 +105,7 @@ class SweptKeys(Callback):
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("eval_name", checkpoint_run_name, replace=True)
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
     from vaelab.sweeps.slurm import gpus_per_node  # not a name; registered with the names, once
 
     OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)

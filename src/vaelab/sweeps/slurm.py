@@ -105,9 +105,11 @@ def wait(jobs: Sequence[Any]) -> None:
         if not waiting:
             return
         states = _queue_states([job.job_id for job in waiting])
-        for job in waiting:
-            if states is not None and states.get(job.job_id, "COMPLETED").split("+")[0] in ENDED_STATES:
+        for job in waiting if states is not None else ():
+            if states.get(job.job_id, "COMPLETED").split("+")[0] in ENDED_STATES:
                 ended_at.setdefault(job.job_id, now)
+            else:  # running, or pending again (requeued after a preemption)
+                ended_at.pop(job.job_id, None)
         time.sleep(1.0 if ended_at.keys() & {job.job_id for job in waiting} else delay)
         delay = min(delay * 1.5, MAX_POLL_S)
 

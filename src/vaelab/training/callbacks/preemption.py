@@ -12,6 +12,9 @@ loader's position in the epoch and the random generators. The train task then re
 `"status": "interrupted"` and exits with 128 + the signal's number. `python train.py
 ckpt_path=<that file>` continues mid-epoch, from the next batch.
 
+On several devices every rank stops before the same batch, whichever of them got the signal:
+they agree on it at the start of every batch (one small all-reduce).
+
 Under SLURM, SIGUSR2 also requeues the job (`scontrol requeue`); SIGTERM does not, since
 `scancel` sends it too (a cluster with PreemptMode=REQUEUE requeues by itself). A requeued job
 runs the same command in the same run directory and resumes there (vaelab.tasks.train).
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -48,7 +52,8 @@ class Preemption(pl.Callback):
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.requeue = requeue  # under SLURM, on the warning signal
         self.requeued: Optional[str] = None  # the SLURM job id requeued
-        self.signal: Optional[signal.Signals] = None  # what stopped the run
+        self.signal: Optional[signal.Signals] = None  # what stopped the run (this process's, or another rank's)
+        self.received: Optional[signal.Signals] = None  # what this process got
         self.saved: Optional[Path] = None  # the checkpoint written for it
         self._previous: dict = {}  # the handlers ours replace during the fit
         self._forced = False  # stopped at once: the weights may be half-updated, so nothing is saved
@@ -63,18 +68,34 @@ class Preemption(pl.Callback):
         self._previous = {}
 
     def _on_signal(self, signum, frame) -> None:
-        if self.signal is not None:  # a second signal: stop now, maybe half-way through a step
+        if self.received is not None:  # a second signal: stop now, maybe half-way through a step
             self._forced = True
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum)
-        log.warning("%s: stopping after this batch with a resumable checkpoint%s", self.signal.name,
+        self.received = signal.Signals(signum)
+        log.warning("%s: stopping after this batch with a resumable checkpoint%s", self.received.name,
                     " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
         # Before the next step, not at the end of this one: Lightning counts a batch as completed
         # after on_train_batch_end, and the checkpoint must count the batch the weights have seen.
-        if self.signal is not None:
+        received = self.received  # one reading: the signal may arrive at any moment, also during the agreement
+        if trainer.world_size > 1:
+            received = self._agree_on_the_signal(trainer, received)
+        if received is not None:
+            self.signal = received
             raise KeyboardInterrupt  # Lightning's graceful path: on_exception, teardown
+
+    def _agree_on_the_signal(self, trainer: pl.Trainer, received: Optional[signal.Signals]) -> Optional[signal.Signals]:
+        """The signal any rank had received when it reached this batch, the same on every rank: all
+        stop before the same batch (SLURM signals each task on its own, a little apart), since a rank
+        that stopped alone would leave the others waiting in the step's all-reduce. One small
+        all-reduce per step, on several devices only."""
+        mine = torch.tensor(float(received or 0), device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(mine, reduce_op="max").item())
+        if signum and received is None:
+            log.warning("%s reached another rank: stopping after this batch with a resumable checkpoint",
+                        signal.Signals(signum).name)
+        return signal.Signals(signum) if signum else None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
