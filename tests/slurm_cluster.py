@@ -3,8 +3,8 @@
 munged, slurmctld and two slurmd daemons (nodes `n1` and `n2`, both 127.0.0.1), every file in
 one temporary directory and on free ports, so nothing of the machine's own SLURM or munge set-up
 is used or changed, except that `n1` and `n2` must resolve to 127.0.0.1 (the cluster adds them to
-/etc/hosts when they do not, and takes them out again). Needs Debian's `slurm-wlm` (or `slurmctld`,
-`slurmd`, `slurm-client`) and `munge`, and root (SLURM's daemons run as root here).
+/etc/hosts when they do not, and takes them out again). Needs Debian's `slurmctld`, `slurmd`,
+`slurm-client` and `munge` (`make test` installs them as root), and root (the daemons run as root).
 
     python tests/slurm_cluster.py /tmp/cluster     # start one by hand; prints the SLURM_CONF to export
 
@@ -72,8 +72,8 @@ def missing() -> Optional[str]:
     """Why no cluster can be started here, or None."""
     absent = [name for name in DAEMONS if shutil.which(name) is None]
     if absent:
-        return (f"no SLURM here ({', '.join(absent)} not found): apt-get install slurm-wlm munge "
-                f"(as .ci/run does) to run the SLURM tests")
+        return (f"no SLURM here ({', '.join(absent)} not found): apt-get install slurmctld slurmd slurm-client munge "
+                f"(make test does, as root) to run the SLURM tests")
     if os.geteuid() != 0:
         return "the test SLURM cluster's daemons need root"
     return None
