@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, run_entry_point, small_run_overrides
 from vaelab.sweeps import workers
 from vaelab.sweeps.jobs import _one_process
-from vaelab.sweeps.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, main as summary_main, write_summary
+from vaelab.sweeps.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, SweepSummary, main as summary_main, write_summary
 from vaelab.wandb_offline import summarize
 
 slow = pytest.mark.slow
@@ -178,6 +178,21 @@ def test_summary_has_one_row_per_job_and_says_what_failed(tmp_path, capsys):
     assert len(_summary_rows(tmp_path)) == 4
     assert "| 10 | ae-z8 | missing |" in capsys.readouterr().out
     assert summary_main([str(tmp_path / "0_ae-z4")]) == 2  # not a sweep dir
+
+
+def test_the_end_of_a_sweep_says_why_each_job_failed_and_how_to_resume_an_interrupted_one(tmp_path, caplog):
+    _fake_job(tmp_path, "0_vae-z4-beta1", ["model.beta=1"], {"status": "failed", "run_name": "vae-z4-beta1",
+                                                             "error": "the training loss became nan"})
+    _fake_job(tmp_path, "1_vae-z4-beta2", ["model.beta=2"], {"status": "interrupted", "run_name": "vae-z4-beta2",
+                                                             "signal": "SIGTERM"})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit) as exit_info:
+        SweepSummary().on_multirun_end(config)
+    assert exit_info.value.code == FAILED_SWEEP_EXIT_CODE
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "job 0 (vae-z4-beta1) failed: the training loss became nan" in lines
+    assert (f"job 1 (vae-z4-beta2) interrupted: resume with python train.py "
+            f"ckpt_path={tmp_path / '1_vae-z4-beta2'}/checkpoints/interrupted.ckpt") in lines
 
 
 # -- slow: real sweeps -------------------------------------------------------------------------

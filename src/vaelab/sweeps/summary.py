@@ -325,7 +325,9 @@ class SweepSummary(Callback):
         log.info("sweep summary: %s", sweep_dir / MD_FILE)
         if failed:
             for row in failed:
-                log.error("job %s (%s) %s: %s", row["job"], row["run_name"], row["status"], row["error"])
+                why = row["error"] or (f"resume with python train.py ckpt_path={row['run_dir']}/checkpoints/interrupted.ckpt"
+                                       if row["status"] == "interrupted" else "")
+                log.error("job %s (%s) %s: %s", row["job"], row["run_name"], row["status"], why)
             log.error("%d of %d jobs failed; see %s", len(failed), len(rows), sweep_dir / MD_FILE)
             # Hydra has no other way to set the exit code; SystemExit passes its error handler.
             sys.exit(FAILED_SWEEP_EXIT_CODE)
