@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -22,6 +23,7 @@ from conftest import (FAULT_TABLE, REPO, finish, one_device_test_losses, run_dir
                       start_entry_point)
 from vaelab import rundir
 from vaelab.sweeps.slurm import rank_settings
+from vaelab.tasks.cli import rank_overrides
 
 # The README's command; the cluster's partition and account, and trainer.accelerator=cpu (small_run_overrides).
 SLURM_SWEEP = ("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.account=vaelab")
@@ -62,8 +64,14 @@ def _slurm_ids(sweep_dir: Path) -> list[str]:
     return sorted(p.name.rsplit("_submitted.pkl")[0] for p in sweep_dir.glob(".submitit/*/*_submitted.pkl"))
 
 
-def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+def _task_logs(log_dir: Path) -> str:
+    """The tails of every task's logs under `log_dir` (submitit's .submitit/<job>/ files), for a failure message."""
+    return "".join(f"\n== {path}\n{path.read_text(errors='replace')[-1500:]}"
+                   for path in sorted(Path(log_dir).glob("multirun/*/*/.submitit/*/*_log.*")))
+
+
+def _ok(result: subprocess.CompletedProcess, log_dir: Optional[Path] = None) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:] + (_task_logs(log_dir) if log_dir else "")
     return result
 
 
@@ -119,9 +127,10 @@ def test_rank_zero_writes_the_config_and_train_log_other_ranks_their_own_log(ran
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     rank_settings(cfg)
-    filename = OmegaConf.to_container(cfg.hydra.job_logging.handlers.file, resolve=False)["filename"]
-    assert (cfg.hydra.output_subdir, filename.rsplit("/", 1)[-1]) == (
-        (".hydra", "${hydra.job.name}.log") if rank == 0 else (None, "${hydra.job.name}_ddp_process_1.log"))
+    assert (cfg.hydra.output_subdir, cfg.hydra.job.name) == ((".hydra", "app") if rank == 0 else (None, "train_ddp_process_1"))  # compose() names the job "app"
+    # A single run's rank 1 started by srun gets the same, as overrides (rank 0 none; a sweep's tasks get them above).
+    assert rank_overrides(["model.beta=4"]) == ([] if rank == 0 else ["hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1"])
+    assert rank_overrides(["-m", "model.beta=1,4"]) == []
 
 
 def test_a_cpu_job_asks_slurm_for_no_gpu():
@@ -154,7 +163,7 @@ def test_several_processes_get_ddp_with_vaelabs_timeout(trainer, strategy):
 def beta_sweep(slurm_cluster, shared_data_dir, tmp_path_factory) -> Path:
     """`model.beta=1,4`, one task each: the reference for the tests below (its job 0 is model.beta=1)."""
     log_dir = tmp_path_factory.mktemp("beta_sweep")
-    result = _ok(finish(_start(slurm_cluster, shared_data_dir, log_dir, "model.beta=1,4", epochs=LONG_EPOCHS)))
+    result = _ok(finish(_start(slurm_cluster, shared_data_dir, log_dir, "model.beta=1,4", epochs=LONG_EPOCHS)), log_dir)
     (log_dir / "console.txt").write_text(result.stdout + result.stderr)
     return _sweep_dir(log_dir)
 
@@ -189,8 +198,8 @@ def two_task_sweeps(slurm_cluster, shared_data_dir, tmp_path_factory) -> dict[st
     log_dirs = {name: tmp_path_factory.mktemp(name.replace(" ", "_")) for name in PLACEMENTS}
     started = {name: _start(slurm_cluster, shared_data_dir, log_dirs[name], override, epochs=LONG_EPOCHS)
                for name, override in PLACEMENTS.items()}
-    for process in started.values():
-        _ok(finish(process))
+    for name, process in started.items():
+        _ok(finish(process), log_dirs[name])
     return {name: _sweep_dir(log_dir) for name, log_dir in log_dirs.items()}
 
 
@@ -261,7 +270,7 @@ def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_clu
             return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
 
         _wait_for(restarted, 60, "the requeue and restart", slurm_cluster)
-        result = _ok(finish(process, timeout=300))
+        result = _ok(finish(process, timeout=300), tmp_path)
     finally:  # a failed check leaves no sweep behind
         if process.poll() is None:
             process.kill()

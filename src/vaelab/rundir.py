@@ -40,6 +40,14 @@ def cluster_rank() -> int:
     return int(os.environ.get(variable, "0") or "0")
 
 
+def rank_hydra_settings() -> dict[str, Any]:
+    """What rank r > 0 of a run whose ranks a cluster started changes in Hydra's settings: what
+    Lightning sets for the ranks it starts itself, so that it writes no `.hydra/` of its own (rank 0
+    does) and logs to `train_ddp_process_<r>.log` beside rank 0's `train.log`. Empty for rank 0."""
+    rank = cluster_rank()
+    return {} if rank == 0 else {"hydra.output_subdir": None, "hydra.job.name": f"train_ddp_process_{rank}"}
+
+
 def is_rank_zero_process() -> bool:
     """The one process of a run that owns its directory: takes the lock, writes metrics.json and
     the summary. Not a rank that Lightning relaunched, nor a cluster's task other than the first."""

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaelab.rundir import cluster_rank, read_record, write_record
+from vaelab.rundir import rank_hydra_settings, read_record, write_record
 
 log = logging.getLogger("vaelab")
 
@@ -44,18 +44,10 @@ def gpus_per_node(accelerator: str, devices: Any) -> Any:
 
 def rank_settings(sweep_config: DictConfig) -> None:
     """What this task of the job writes: everything for rank 0; for rank r > 0 neither `.hydra/`
-    (rank 0 writes it) nor `train.log`, but its own `<job name>_ddp_process_<r>.log`, as Lightning
-    names the log of a rank it starts itself."""
-    rank = cluster_rank()
-    if rank == 0:
-        return
+    nor `train.log`, but its own `train_ddp_process_<r>.log` (vaelab.rundir.rank_hydra_settings)."""
     with open_dict(sweep_config):
-        sweep_config.hydra.output_subdir = None
-        handler = OmegaConf.select(sweep_config, "hydra.job_logging.handlers.file")
-        if handler is not None and "filename" in handler:
-            filename = OmegaConf.to_container(handler, resolve=False)["filename"]
-            stem = filename[:-len(".log")] if filename.endswith(".log") else filename
-            handler.filename = f"{stem}_ddp_process_{rank}.log"
+        for key, value in rank_hydra_settings().items():
+            OmegaConf.update(sweep_config, key, value)
 
 
 def end_with_failure(job_return: JobReturn) -> JobReturn:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
-from vaelab.rundir import cluster_rank, is_relaunched_rank, lock_run_dir, refuse_earlier_run
+from vaelab.rundir import is_relaunched_rank, lock_run_dir, rank_hydra_settings, refuse_earlier_run
 from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record_failure, run_sweep_job
 
 log = logging.getLogger("vaelab")
@@ -88,14 +88,12 @@ def refuse_used_run_dir(argv: list[str]) -> None:
 
 
 def rank_overrides(argv: list[str]) -> list[str]:
-    """What rank r > 0 of a single run whose ranks a cluster started (`srun -n 2 python train.py
-    trainer.devices=2`) adds to its command line: what Lightning adds for the ranks it starts
-    itself, so that it writes no `.hydra/` of its own and logs to `train_ddp_process_<r>.log` in
-    the run's directory (the ranks of one srun share it: conf/hydra/default.yaml)."""
-    rank = cluster_rank()
-    if rank == 0 or any(arg in ("-m", "--multirun") for arg in argv):
+    """Rank r > 0 of a single run whose ranks srun started (`srun --ntasks-per-node=2 python
+    train.py trainer.devices=2`): its Hydra settings (vaelab.rundir.rank_hydra_settings) as
+    command-line overrides. The ranks of one srun share the run's directory (conf/hydra/default.yaml)."""
+    if any(arg in ("-m", "--multirun") for arg in argv):  # a sweep's tasks get them from the SLURM launcher
         return []
-    return ["hydra.output_subdir=null", f"hydra.job.name=train_ddp_process_{rank}"]
+    return [f"{key}={'null' if value is None else value}" for key, value in rank_hydra_settings().items()]
 
 
 def report_errors(check: Callable[[DictConfig], None]):
