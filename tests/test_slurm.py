@@ -1,7 +1,8 @@
 """`hydra/launcher=slurm` against a real SLURM cluster on this machine (the `slurm_cluster` fixture:
 munge, slurmctld and two slurmd nodes, tests/slurm_cluster.py), through `python train.py -m` with
-the README's command: only the partition and the CPU accelerator differ from what a GPU cluster gets.
-Skipped, with the reason, where SLURM is not installed (`.ci/run` installs it)."""
+the README's command: only the partition, the account and the CPU accelerator differ from what a GPU
+cluster gets. Skipped, with the reason, where SLURM is not installed (`make test` installs it as root,
+as in CI)."""
 
 import csv
 import json
@@ -228,17 +229,30 @@ def test_a_job_on_two_tasks_or_two_nodes_is_one_run(two_task_sweeps, shared_data
     assert _test_metrics(records["one node"]) == _test_metrics(records["two nodes"])
 
 
-def _task_pid(slurm_id: str, rank: int) -> int:
-    """The process of task `rank` of a (non-array) SLURM job on this machine."""
-    wanted = {f"SLURM_JOB_ID={slurm_id}", f"SLURM_PROCID={rank}"}
+def _task_pids(slurm_id: str, rank: Optional[int] = None) -> list[int]:
+    """The processes of a (non-array) SLURM job's tasks on this machine, or of its task `rank`."""
+    wanted = {f"SLURM_JOB_ID={slurm_id}"} | ({f"SLURM_PROCID={rank}"} if rank is not None else set())
+    pids = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
             if wanted <= set(environ.read_bytes().decode(errors="replace").split("\0")) and \
                     b"submitit.core._submit" in (environ.parent / "cmdline").read_bytes():
-                return int(environ.parent.name)
+                pids.append(int(environ.parent.name))
         except OSError:  # ended meanwhile, or not ours to read
             continue
-    raise AssertionError(f"no process of task {rank} of SLURM job {slurm_id}")
+    return pids
+
+
+def _task_pid(slurm_id: str, rank: int) -> int:
+    pids = _task_pids(slurm_id, rank)
+    assert pids, f"no process of task {rank} of SLURM job {slurm_id}"
+    return pids[0]
+
+
+def _settled(cluster, slurm_id: str) -> bool:
+    """The job's first attempt is gone: none of its tasks runs, and no node is still cleaning up after it."""
+    nodes = _slurm(cluster, "sinfo", "--noheader", "--Node", "--format=%T").split()
+    return not _task_pids(slurm_id) and not any(state.startswith("completing") for state in nodes)
 
 
 @pytest.mark.slow
@@ -262,11 +276,12 @@ def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_clu
         assert interrupted["resume_checkpoint"] == str(run_dir / "checkpoints" / "interrupted.ckpt")
         assert 0 < interrupted["global_step"] < LONG_EPOCHS * 8
 
-        # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes), then restarts it.
+        # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes, time for the
+        # nodes to clean up), then restarts it. The test skips the wait once the first attempt is gone.
         def restarted() -> bool:
             job = _slurm(slurm_cluster, "scontrol", "show", "job", slurm_id)
-            if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job:
-                _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # skip SLURM's delay
+            if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job and _settled(slurm_cluster, slurm_id):
+                _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")
             return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
 
         _wait_for(restarted, 60, "the requeue and restart", slurm_cluster)

@@ -51,8 +51,8 @@ def rank_settings(sweep_config: DictConfig) -> None:
 
 
 def end_with_failure(job_return: JobReturn) -> JobReturn:
-    """A task of a several-task job whose run failed raises (`return_value` does), so that it exits
-    non-zero and srun stops the job's other tasks; other returns pass unchanged."""
+    """A task whose run failed raises its error (`return_value` does): it exits non-zero, srun stops
+    the job's other tasks, and the sweep reads the error from its result; other returns pass unchanged."""
     if job_return.status == JobStatus.FAILED:
         return job_return.return_value  # raises the task's error
     return job_return
@@ -60,25 +60,23 @@ def end_with_failure(job_return: JobReturn) -> JobReturn:
 
 # -- the sweep's side ----------------------------------------------------------------------------
 
-def _queue_states(job_ids: Sequence[str]) -> Optional[dict[str, str]]:
-    """squeue's state of each listed job; a job it does not list has left the queue. None when
-    squeue could not be asked."""
+def _queue_states(job_ids: Sequence[str]) -> tuple[Optional[dict[str, str]], Optional[str]]:
+    """squeue's state of each listed job (a job it does not list has left the queue), or None and
+    why squeue could not be asked."""
     command = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %T", f"--jobs={','.join(job_ids)}"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning("squeue failed (%s); trying again", err)
-        return None
+        return None, str(err)
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:  # every job has left the queue
-            return {}
-        log.warning("squeue failed (%s); trying again", result.stderr.strip() or f"exit {result.returncode}")
-        return None
+            return {}, None
+        return None, result.stderr.strip() or f"exit {result.returncode}"
     states = {}
     for line in result.stdout.splitlines():
         job_id, _, state = line.strip().partition(" ")
         states[job_id] = state.strip()
-    return states
+    return states, None
 
 
 def _results_written(job: Any) -> bool:
@@ -89,14 +87,17 @@ def wait(jobs: Sequence[Any]) -> None:
     """Until each job has every task's result or has left the queue without it (see above)."""
     waiting = list(jobs)
     ended_at: dict[str, float] = {}
-    delay = 1.0
+    delay, said = 1.0, None
     while True:
         waiting = [job for job in waiting if not _results_written(job)]
         now = time.monotonic()
         waiting = [job for job in waiting if now - ended_at.get(job.job_id, now) < RESULT_GRACE_S]
         if not waiting:
             return
-        states = _queue_states([job.job_id for job in waiting])
+        states, problem = _queue_states([job.job_id for job in waiting])
+        if problem is not None and problem != said:  # each new problem once, not at every poll
+            log.warning("squeue failed (%s); asking again", problem)
+        said = problem
         for job in waiting if states is not None else ():
             if states.get(job.job_id, "COMPLETED").split("+")[0] in ENDED_STATES:
                 ended_at.setdefault(job.job_id, now)
