@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.models import AE, VAE, Likelihood, gaussian_kl, reconstruction_loss
-from vaelab.models.losses import BernoulliNLL
+from vaelab.models.losses import BernoulliNLL, bernoulli_nll
 
 
 def _random_posterior(batch=5, dims=7, seed=0):
@@ -121,7 +121,7 @@ def test_cpu_bernoulli_nll_is_computed_in_float32_under_bf16_autocast():
     logits = torch.linspace(-8, 8, 40)
     targets = torch.rand(40, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = BernoulliNLL.apply(logits.bfloat16(), targets)
+        value = bernoulli_nll(logits.bfloat16(), targets)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, F.binary_cross_entropy_with_logits(logits.bfloat16().float(), targets, reduction="none"))
 
@@ -206,3 +206,18 @@ def test_likelihood_maps_the_pixel_range_to_the_unit_interval_and_back():
     torch.testing.assert_close(likelihood.to_unit(x), torch.tensor([0.0, 0.5, 1.0]))
     identity = Likelihood("bce")
     assert identity.to_unit(x) is x  # [0, 1] data are not copied
+
+
+def test_cpu_bernoulli_nll_runs_under_vmap_with_the_values_and_gradients_of_each_slice():
+    """A stack of models (models/stack.py) runs the likelihood under torch.func.vmap."""
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(3, 5, 7, generator=g) * 4, torch.rand(3, 5, 7, generator=g)
+
+    def total(l, x):
+        return BernoulliNLL.apply(l, x).sum()
+
+    values = torch.func.vmap(lambda l, x: BernoulliNLL.apply(l, x))(logits, targets)
+    grads = torch.func.vmap(torch.func.grad(total))(logits, targets)
+    for n in range(3):
+        torch.testing.assert_close(values[n], BernoulliNLL.apply(logits[n], targets[n]), rtol=0, atol=0)
+        torch.testing.assert_close(grads[n], torch.sigmoid(logits[n]) - targets[n])

@@ -45,10 +45,13 @@ def test_capacity_target_grows_linearly_to_its_maximum_with_full_weight():
     assert model.scheduled_values(100, 7) == {"beta": 10, "capacity": 2.5}
 
 
-def test_constant_schedule_has_no_per_step_state():
-    model = build_model("vae", (1, 28, 28), latent_dim=3, hidden_dims=[8], beta=4)
-    assert not model.schedule_varies and "kl_weight" not in dict(model.named_buffers())
-    assert model.scheduled_values(12345, 10) == {"beta": 4}
+def test_constant_schedule_has_no_per_step_work_and_its_settings_are_not_saved():
+    model = build_model("vae", (1, 28, 28), latent_dim=3, hidden_dims=[8], beta=4, free_bits=0.5)
+    assert not model.schedule_varies and model.scheduled_values(12345, 10) == {"beta": 4}
+    model.advance(12345, 10)
+    assert (float(model.kl_weight), float(model.kl_target), float(model.kl_floor)) == (4.0, 0.0, 0.5)
+    # The settings' buffers are rebuilt from the constructor's arguments: checkpoints hold the weights only.
+    assert not [name for name in model.state_dict() if name.startswith("kl_")]
 
 
 def test_cosine_learning_rate_warms_up_linearly_then_decays_to_its_floor():

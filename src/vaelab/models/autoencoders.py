@@ -110,8 +110,16 @@ class Autoencoder(nn.Module):
     def posterior(self, x: torch.Tensor) -> Codes:
         raise NotImplementedError
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Batch means of `terms` for images `x` in the data's pixel range."""
+    def noise_shape(self, batch_size: int) -> Optional[tuple[int, ...]]:
+        """The shape of the standard normal noise ε that `losses` draws for a batch; None: it draws none.
+
+        A stack (models/stack.py) draws each member's ε from that member's own generator and hands it
+        to `losses(x, eps)`, so a model type that draws noise takes it from `eps` when given.
+        """
+        return None
+
+    def losses(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Batch means of `terms` for images `x` in the data's pixel range; `eps`: see `noise_shape`."""
         raise NotImplementedError
 
     def combine(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,7 +169,7 @@ class AE(Autoencoder):
         z = self.encode(x)
         return AutoencoderOutput(logits=self.decode(z), z=z)
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         return self.combine({"recon": self.likelihood.error(self(x).logits, x).mean()})
 
     def combine(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -210,12 +218,22 @@ class VAE(Autoencoder):
                                    float(kl_capacity))
         self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_features, latent_dim)
-        if self.schedule.varies:
-            # Device tensors that `advance` fills in place before each step, so that a replayed CUDA
-            # graph reads the new values (a Python float would be recorded once, as a constant).
-            at_start = self.scheduled_values(0, 1)
-            self.register_buffer("kl_weight", torch.tensor(at_start["beta"]), persistent=False)
-            self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0)), persistent=False)
+        # The KL's settings as tensors, read by the loss without a Python branch: a stack (models/stack.py)
+        # runs this code once for all its members, each with its own values. In float64, cast where
+        # they meet the KL: the values a Python float gives (eval.py combines in float64). Settings,
+        # not state: the constructor's arguments rebuild them, so they are not saved with the weights.
+        capacity = self.schedule.kind == "capacity"
+        self.register_buffer("kl_floor", torch.tensor(self.free_bits, dtype=torch.float64), persistent=False)
+        self.register_buffer("kl_is_capacity", torch.tensor(capacity), persistent=False)
+        self.register_buffer("kl_weight_end", torch.tensor(self.beta, dtype=torch.float64), persistent=False)
+        self.register_buffer("kl_target_end", torch.tensor(self.schedule.capacity if capacity else 0.0,
+                                                           dtype=torch.float64), persistent=False)
+        # β·f(t) and C(t) while training: `advance` fills them in place before each step, so that a
+        # replayed CUDA graph reads the new values (a Python float would be recorded once, as a constant).
+        at_start = self.scheduled_values(0, 1)
+        self.register_buffer("kl_weight", torch.tensor(at_start["beta"], dtype=torch.float64), persistent=False)
+        self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0), dtype=torch.float64),
+                             persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
@@ -226,14 +244,19 @@ class VAE(Autoencoder):
         return Codes(*self.encode(x))
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z = μ + σ·ε, ε ~ N(0, I) drawn here from the global generator unless given."""
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn_like(std)
+        eps = torch.randn_like(std) if eps is None else eps
         return mu + eps * std
 
-    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+    def noise_shape(self, batch_size: int) -> tuple[int, ...]:
+        shape = (batch_size, self.latent_dim)
+        return (self.k, *shape) if self.objective == "iwae" else shape
+
+    def forward(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> AutoencoderOutput:
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar)
+        z = self.reparameterize(mu, logvar, eps)
         return AutoencoderOutput(logits=self.decode(z), z=z, mu=mu, logvar=logvar)
 
     # -- the schedule -----------------------------------------------------------------------------
@@ -253,34 +276,36 @@ class VAE(Autoencoder):
             self.kl_weight.fill_(values["beta"])
             self.kl_target.fill_(values.get("capacity", 0.0))
 
-    def _kl_weight_and_target(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-        """β·f(t) and C(t) while training on a varying schedule; the values it ends at otherwise."""
-        if self.training and self.schedule.varies:
-            return self.kl_weight, self.kl_target
-        return self.beta, self.schedule.capacity if self.schedule.kind == "capacity" else 0.0
+    def _kl_weight_and_target(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """β·f(t) and C(t) while training; the values the schedule ends at otherwise; as `like`'s dtype and device."""
+        weight, target = (self.kl_weight, self.kl_target) if self.training else (self.kl_weight_end, self.kl_target_end)
+        return weight.to(like), target.to(like)
 
     # -- the objective ----------------------------------------------------------------------------
     def kl_penalty(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
         """The KL part of `loss` from the batch means of each dimension's KL, (latent_dim,)."""
-        kl = kl_per_dim.clamp_min(self.free_bits).sum() if self.free_bits > 0 else kl_per_dim.sum()
-        weight, target = self._kl_weight_and_target()
-        return weight * ((kl - target).abs() if self.schedule.kind == "capacity" else kl)
+        # Clamped only where λ > 0: a clamp at 0 would cut the gradient of a rounding-negative KL.
+        floor = self.kl_floor.to(kl_per_dim)
+        kl = torch.where(floor > 0, kl_per_dim.clamp_min(floor), kl_per_dim).sum()
+        weight, target = self._kl_weight_and_target(kl)
+        return weight * torch.where(self.kl_is_capacity.to(kl.device), (kl - target).abs(), kl)
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         if self.objective == "iwae":
-            return self.iwae_losses(x, self.k)
-        out = self(x)
+            return self.iwae_losses(x, self.k, eps)
+        out = self(x, eps)
         return self.combine({"recon": self.likelihood.error(out.logits, x).mean(),
                              "kl_per_dim": gaussian_kl_per_dim(out.mu, out.logvar).mean(dim=0)})
 
-    def iwae_losses(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    def iwae_losses(self, x: torch.Tensor, k: int, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The terms with `loss` the k-sample importance-weighted bound (see the class docstring)."""
         mu, logvar = self.encode(x)
-        eps = torch.randn((k, *mu.shape), dtype=mu.dtype, device=mu.device)
+        if eps is None:
+            eps = torch.randn((k, *mu.shape), dtype=mu.dtype, device=mu.device)
         z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent_dim)
         logits = self.decode(z.flatten(0, 1))
         recon = self.likelihood.error(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)  # (k, B)
-        weight, _ = self._kl_weight_and_target()
+        weight, _ = self._kl_weight_and_target(recon)
         log_w = -recon + weight * log_prior_over_posterior(z, eps, logvar)
         bound = torch.logsumexp(log_w, dim=0) - math.log(k)
         kl = gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
