@@ -1,4 +1,4 @@
-"""Probe: which stacking of N MLP VAEs trains faster, batched linear layers or vmap?
+"""Probe: how fast N MLP VAEs train as one stack (vaelab.models.stack) against one at a time, per step.
 
     OMP_NUM_THREADS=1 python bench/probe_stacked.py                     # N = 4, 16 at batch 128
     OMP_NUM_THREADS=2 python bench/probe_stacked.py --members 4 --steps 10
@@ -6,14 +6,14 @@
 One training step (forward, backward of the summed loss, fused Adam) of N MLP 784-400-20 VAEs
 (issue 14), timed for
   single         one VAE alone, times N: N runs trained one after another
-  baddbmm        vaelab.models.stacked.StackedVAE, one batch shared by all members
-  baddbmm-own    the same with a batch per member, (N, B, 1, 28, 28): members of different seeds
+  stack          vaelab.models.stack.Stack (torch.func.vmap of the VAE's own losses), one batch
+                 shared by all members
+  stack-own      the same with a batch per member, (N, B, 1, 28, 28): members of different seeds
                  see different data orders
-  vmap           torch.func.stack_module_state + functional_call under torch.func.vmap
-                 (randomness="different"), the pattern of PyTorch's model-ensembling tutorial
-All use recon_loss=mse: vaelab's CPU bce (models/losses.py: BernoulliNLL, an old-style
-autograd.Function) cannot run under vmap. The loops run interleaved, --rounds times, after
---warmup steps each; the table gives the median ms per step and the per-member cost.
+The first version of this probe (issue 14) also timed a stack written as batched linear layers
+(baddbmm), 3-15 % faster than vmap on the CPU; issue 21 replaced it with the vmap of the model's
+own code (bench/README.md). The loops run interleaved, --rounds times, after --warmup steps each;
+the table gives the median ms per step and the per-member cost.
 """
 
 import argparse
@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vaelab.models import VAE  # noqa: E402
-from vaelab.models.stacked import StackedVAE  # noqa: E402
+from vaelab.models.stack import Stack  # noqa: E402
 
 IMAGE = (1, 28, 28)
 
@@ -45,17 +44,6 @@ def adam(parameters) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=1e-3, fused=True)  # as vaelab.training.make_optimizer on the CPU
 
 
-class _Losses(nn.Module):
-    """A VAE whose forward is its stacked terms, for functional_call."""
-
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(list(self.vae.losses(x).values()))  # (4,) recon, kl, loss, nelbo
-
-
 def single_step(members: list[VAE], batch: int):
     model = members[0]
     optimizer = adam(model.parameters())
@@ -68,8 +56,8 @@ def single_step(members: list[VAE], batch: int):
     return step
 
 
-def baddbmm_step(members: list[VAE], batch: int, own_batches: bool):
-    stack = StackedVAE.from_members(members)
+def stack_step(members: list[VAE], batch: int, own_batches: bool):
+    stack = Stack(members)
     optimizer = adam(stack.parameters())
     x = torch.rand(len(members), batch, *IMAGE) if own_batches else torch.rand(batch, *IMAGE)
 
@@ -77,24 +65,6 @@ def baddbmm_step(members: list[VAE], batch: int, own_batches: bool):
         optimizer.zero_grad()
         stack.objective(stack.losses(x)).backward()
         stack.mask_dead_gradients()
-        optimizer.step()
-    return step
-
-
-def vmap_step(members: list[VAE], batch: int):
-    params, buffers = torch.func.stack_module_state([_Losses(m) for m in members])
-    base = _Losses(VAE(IMAGE, 20, [400], recon_loss="mse")).to("meta")
-    optimizer = adam(params.values())
-    x = torch.rand(batch, *IMAGE)
-
-    def losses_of(p, b, x):
-        return torch.func.functional_call(base, (p, b), (x,))
-
-    losses = torch.func.vmap(losses_of, in_dims=(0, 0, None), randomness="different")
-
-    def step():
-        optimizer.zero_grad()
-        losses(params, buffers, x)[:, 2].sum().backward()  # Σ_n loss_n
         optimizer.step()
     return step
 
@@ -121,9 +91,8 @@ def main() -> None:
     for n in args.members:
         members = build_members(n)
         loops = {"single": single_step(members, args.batch_size),
-                 "baddbmm": baddbmm_step(members, args.batch_size, own_batches=False),
-                 "baddbmm-own": baddbmm_step(members, args.batch_size, own_batches=True),
-                 "vmap": vmap_step(members, args.batch_size)}
+                 "stack": stack_step(members, args.batch_size, own_batches=False),
+                 "stack-own": stack_step(members, args.batch_size, own_batches=True)}
         for step in loops.values():
             time_step(step, args.warmup)
         times = {name: [] for name in loops}

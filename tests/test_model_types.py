@@ -31,7 +31,7 @@ class SparseAE(AE):
         super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range)
         self.l1_weight = float(l1_weight)
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor, eps=None) -> dict[str, torch.Tensor]:
         out = self(x)
         return self.combine({"recon": self.likelihood.error(out.logits, x).mean(), "l1": out.z.abs().sum(dim=1).mean()})
 

@@ -43,7 +43,8 @@ def _config(data_dir: Path, run_dir: Path, beta: float, seed: int, *overrides: s
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*small_run_overrides(data_dir, run_dir.parent / "logs"),
-                                                        "logger=csv", f"model.beta={beta}", f"seed={seed}", *overrides])
+                                                        "logger=csv", f"model.beta={'null' if beta is None else beta}",
+                                                        f"seed={seed}", *overrides])
     GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
@@ -90,9 +91,12 @@ def _assert_same_run(member_dir: Path, single_dir: Path) -> float:
             else:
                 assert float(row[column]) == pytest.approx(float(single_row[column]), rel=RTOL), column
                 worst = max(worst, _max_rel(float(row[column]), float(single_row[column])))
-    assert sorted(p.name for p in (member_dir / "images").iterdir()) == \
-        sorted(p.name for p in (single_dir / "images").iterdir())
+    assert _images(member_dir) == _images(single_dir)
     return worst
+
+
+def _images(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "images").glob("*"))
 
 
 def _assert_same_checkpoint(member_dir: Path, single_dir: Path, lr: float = 1e-3) -> float:
@@ -101,7 +105,7 @@ def _assert_same_checkpoint(member_dir: Path, single_dir: Path, lr: float = 1e-3
     The weights' tolerance grows with the rate `lr`: where a gradient is rounding noise (the weights
     of pixels that are near 0 in every image), Adam still steps by about ±lr, whichever sign the
     noise has. At lr 3e-3 a few such weights differ by 2.7e-5, on the fused path as much as with
-    StackedAdam."""
+    StackedAdam; at lr 1e-3, one of an IWAE's 50,176 decoder weights by 1.5e-5."""
     member = read_checkpoint(_record(member_dir)["best_checkpoint"])
     single = read_checkpoint(_record(single_dir)["best_checkpoint"])
     assert Path(_record(member_dir)["best_checkpoint"]).name == Path(_record(single_dir)["best_checkpoint"]).name
@@ -110,7 +114,7 @@ def _assert_same_checkpoint(member_dir: Path, single_dir: Path, lr: float = 1e-3
     assert list(member["state_dict"]) == list(single["state_dict"])
     worst = 0.0
     for name, value in single["state_dict"].items():
-        torch.testing.assert_close(member["state_dict"][name], value, rtol=RTOL, atol=1e-2 * lr)
+        torch.testing.assert_close(member["state_dict"][name], value, rtol=RTOL, atol=2e-2 * lr)
         worst = max(worst, float((member["state_dict"][name] - value).abs().max()))
     # Its Adam state has the single run's layout (a resume of the member alone could load it).
     for i, state in single["optimizer_states"][0]["state"].items():
@@ -155,6 +159,32 @@ def test_a_stacked_grid_equals_its_single_runs(grid):
           f"weights {worst_weights:.2e}")
 
 
+# Model types, networks, objectives and likelihoods that the stack runs through the member's own code.
+KINDS = {
+    "ae": ["model=ae"],
+    "conv": ["model.net=conv", "model.hidden_dims=[4,8]"],
+    "iwae-linear": ["model.objective=iwae", "model.k=3", "model.kl_schedule=linear"],
+    "gaussian-learned-sigma": ["model.recon_loss=gaussian"],
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_model_kind_stacks_and_each_member_equals_its_single_run(kind, shared_data_dir, tmp_path):
+    register_resolvers()
+    overrides = [*KINDS[kind], "trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0"]
+    jobs = [(1, 0), (4, 1)] if kind != "ae" else [(None, 0), (None, 1)]
+    singles, cfgs = [], []
+    for n, (beta, seed) in enumerate(jobs):
+        run(_config(shared_data_dir, tmp_path / f"single{n}", beta, seed, *overrides))
+        singles.append(tmp_path / f"single{n}")
+        cfgs.append(_config(shared_data_dir, tmp_path / f"member{n}", beta, seed, *overrides))
+    results = train_stack(cfgs)
+    assert [r.status for r in results] == ["completed", "completed"]
+    for member_dir, single_dir in zip([Path(c.paths.output_dir) for c in cfgs], singles):
+        _assert_same_run(member_dir, single_dir)
+        _assert_same_checkpoint(member_dir, single_dir)
+
+
 def test_jobs_that_differ_in_more_than_member_settings_do_not_stack(shared_data_dir, tmp_path):
     register_resolvers()
     cfgs = [_config(shared_data_dir, tmp_path / f"job{i}", 1, i) for i in range(2)]
@@ -170,7 +200,7 @@ def _poison(step: int, member: int):
     def hook(module, global_step: int) -> None:
         if global_step == step:
             with torch.no_grad():
-                module.model.encoder[0].weight[member].fill_(math.nan)
+                module.model.model.fc_mu.weight[member].fill_(math.nan)
     return hook
 
 

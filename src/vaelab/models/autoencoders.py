@@ -7,6 +7,9 @@ Adding a model type: subclass `Autoencoder` here (or in a file of its own in mod
 `code_distribution`, list it in `MODEL_TYPES` (models/__init__.py) and write
 conf/model/<name>.yaml. Settings of its own (like the VAE's `beta`) are keyword arguments of
 its constructor; the config checks refuse them for the model types that do not take them.
+It stacks (models/stack.py: N members trained as one module) with nothing written for it, as
+long as `losses` draws its noise through `noise_shape` and reads settings that members may
+differ in (`per_member`) from buffers.
 """
 
 import math
@@ -87,6 +90,10 @@ class Autoencoder(nn.Module):
     name: ClassVar[str]
     terms: ClassVar[tuple[str, ...]]  # logged as {stage}/{term}, in this order; "loss" is optimised
     not_applicable: ClassVar[dict[str, str]] = {}  # evaluation terms this type has not, and why
+    # Attributes in which the members of a stack (models/stack.py) may differ: each reaches the loss
+    # as a buffer (one value per member) or is read on the host only (`advance`). A stack refuses
+    # members that differ in any other setting: its one code path would use member 0's.
+    per_member: ClassVar[tuple[str, ...]] = ()
     loss_from_means: bool = True  # `combine` makes `loss` from the mean terms (not so for the IWAE bound)
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
@@ -202,6 +209,7 @@ class VAE(Autoencoder):
 
     name = "vae"
     terms = ("recon", "kl", "loss", "nelbo")
+    per_member = ("beta", "free_bits", "schedule")
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",

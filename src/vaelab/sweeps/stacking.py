@@ -19,6 +19,8 @@ from vaelab.sweeps.summary import flatten
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
+# The data module whose training batches a stack gives one per member (training/stacked_module.py).
+STACKED_DATA = "vaelab.data.MNISTDataModule"
 # Keys that say where a job's files go or what it is called, not what it trains.
 PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
 
@@ -37,23 +39,21 @@ def stack_key(cfg: DictConfig) -> str:
 
 
 def why_not_stackable(cfg: DictConfig) -> Optional[str]:
-    """Why this job must train alone, or None when it can be a member of a stack."""
-    model, data, trainer = cfg.model, cfg.data, cfg.trainer
-    if model.get("name") != "vae":
-        return f"model={model.get('name')}: only VAEs stack"
-    if model.get("net", "mlp") != "mlp":
-        return f"model.net={model.get('net')}: only the mlp network stacks"
-    if model.get("objective", "elbo") != "elbo":
-        return f"model.objective={model.get('objective')}: the IWAE bound does not stack"
-    if model.get("recon_loss") == "gaussian" and model.get("sigma") in (None, "learned"):
-        return "recon_loss=gaussian with a learned σ: a parameter of its own per member"
+    """Why this job must train alone, or None when it can be a member of a stack. Every model type,
+    network, objective and likelihood stacks (models/stack.py); what cannot is said here."""
+    data, trainer = cfg.data, cfg.trainer
     if data.get("binarize") == "dynamic":
         return "data.binarize=dynamic: each run resamples its pixels from the global generator"
+    if cfg.get("optimizer") is not None and cfg.optimizer.get("scheduler") == "plateau":
+        return "optimizer.scheduler=plateau: each member's rate would follow its own validation loss"
     if cfg.get("ckpt_path"):
         return "ckpt_path: a resumed run trains alone"
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
     if devices not in (1, "1", [0]) or nodes not in (1, None):
         return f"trainer.devices={devices}: a stack trains on one device"
+    target = data.get("_target_")
+    if target != STACKED_DATA:
+        return f"data reads with {target}: a stack reads its data with {STACKED_DATA}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""The optimiser, its learning-rate schedule and gradient clipping.
+"""The optimiser, its learning-rate schedule and gradient clipping; the optimiser of a stack of models.
 
 `optimizer.scheduler` (conf/optimizer/default.yaml), for optimiser step t of T in all (0-based),
 base rate lr = model.lr, W = optimizer.warmup_steps, floor m = optimizer.min_lr:
@@ -14,6 +14,7 @@ schedulers do that for tensor rates; Adam reads it when capturable): the graph s
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -85,3 +86,109 @@ def clip_gradients(parameters: list[torch.nn.Parameter], value: Optional[float],
         torch.nn.utils.clip_grad_value_(parameters, value, foreach=True)
     else:
         torch.nn.utils.clip_grad_norm_(parameters, value, foreach=True)
+
+
+class StackedAdam(torch.optim.Optimizer):
+    """Adam over the parameters of a stack (each with a leading dimension N) with a learning rate
+    per member: N torch Adams, one per member, each at its own rate.
+
+    `lr` is a list of N rates, `param_groups[0]["lr"]` too (a schedule sets it, as torch's schedulers
+    set a float); member n's slice of every parameter takes torch.optim.Adam's step at lr_n:
+
+        t ← t + 1
+        m ← β1 m + (1 − β1) g                       exp_avg
+        v ← β2 v + (1 − β2) g²                      exp_avg_sq
+        θ_n ← θ_n − lr_n / (1 − β1ᵗ) · m_n / (√v_n / √(1 − β2ᵗ) + ε)
+
+    with torch's defaults β = (0.9, 0.999), ε = 1e-8, no weight decay or amsgrad. The state has
+    torch's keys ("step": a 0-dim float32 tensor on the parameter's device, "exp_avg",
+    "exp_avg_sq"), so that `Stack.member_optimizer_state` gives member n's own Adam state.
+    Device ops only (the rates travel to the device when they change, without a sync).
+    `member_defaults`: the param group (less "params") of the Adam each member trains with alone,
+    for `member_param_group`; torch.optim.Adam's with these betas and eps if None.
+    """
+
+    PER_MEMBER = ("lr", "initial_lr")  # param-group entries that hold one value per member
+
+    def __init__(self, params, lr: Sequence[float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 member_defaults: Optional[dict] = None):
+        lrs = [float(r) for r in lr]
+        if not lrs or min(lrs) <= 0:
+            raise ValueError(f"StackedAdam needs a positive learning rate per member, not {lrs}")
+        super().__init__(params, {"lr": lrs, "betas": tuple(betas), "eps": float(eps)})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() == 0 or p.shape[0] != len(lrs):
+                    raise ValueError(f"a parameter of shape {tuple(p.shape)} has no leading dimension of "
+                                     f"{len(lrs)} members")
+        if member_defaults is None:
+            like = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lrs[0], betas=betas, eps=eps)
+            member_defaults = like.defaults
+        self.member_defaults = {k: v for k, v in member_defaults.items() if k != "params"}
+        self._rates: dict[tuple, tuple[list[float], torch.Tensor]] = {}  # (device, dtype) → (rates, (N,) tensor)
+
+    def member_param_group(self, n: int) -> dict:
+        """Member n's param group as its own torch.optim.Adam has it (less "params"): its own rate."""
+        group = self.param_groups[0]
+        own = {k: (v[n] if k in self.PER_MEMBER else v) for k, v in group.items() if k != "params"}
+        return {**self.member_defaults, **own}
+
+    def _rate(self, rates: Sequence[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """`rates` as an (N,) tensor on `device`, made anew only when they changed (no host sync)."""
+        rates = [float(r) for r in rates]
+        cached = self._rates.get((device, dtype))
+        if cached is None or cached[0] != rates:
+            cached = self._rates[(device, dtype)] = (rates, torch.tensor(rates, dtype=dtype, device=device))
+        return cached[1]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("StackedAdam does not take sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            if not params:
+                continue
+            if len(group["lr"]) != params[0].shape[0]:
+                raise ValueError(f"{len(group['lr'])} learning rates for {params[0].shape[0]} members")
+            device, dtype = params[0].device, params[0].dtype
+            if any(p.device != device or p.dtype != dtype for p in params):
+                raise ValueError("StackedAdam takes the parameters of one device and dtype per param group")
+            torch._foreach_add_(steps, 1)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            # The bias corrections in float64, as torch's Adam takes them (in float32, 1 − β2 at t = 1
+            # alone is 1.3e-5 off); cast to the parameters' dtype where they meet the moments.
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            t = torch.stack(steps).to(wide)  # (P,): every parameter's step count
+            bias_correction1 = 1 - beta1 ** t
+            bias_correction2_sqrt = (1 - beta2 ** t).sqrt().to(dtype)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, list(bias_correction2_sqrt.unbind()))
+            torch._foreach_add_(denom, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denom)
+            # lr_n / (1 − β1ᵗ): (P, N), each row shaped to broadcast over its parameter's member slices.
+            step_sizes = (self._rate(group["lr"], device, wide).unsqueeze(0) / bias_correction1.unsqueeze(1)).to(dtype)
+            torch._foreach_mul_(updates, [size.view(-1, *[1] * (p.dim() - 1)) for size, p in zip(step_sizes, params)])
+            torch._foreach_sub_(params, updates)
+        return loss
+

@@ -1,9 +1,9 @@
-"""Training N stacked VAEs (models/stacked.py) in one Lightning fit, each member still a run of its own.
+"""Training N stacked VAEs (models/stack.py) in one Lightning fit, each member still a run of its own.
 
-`StackedLitModule` is LitAutoencoder's step for a StackedVAE: manual optimisation, one Adam over
+`StackedLitModule` is LitAutoencoder's step for a Stack: manual optimisation, one Adam over
 the stacked parameters (elementwise, so N Adams), per-member gradient clipping, the alive mask.
 When the members share model.lr, that Adam is make_optimizer's fused torch Adam and the schedule
-make_lr_scheduler's; when their rates differ, it is a StackedAdam (models/stacked.py: member n at
+make_lr_scheduler's; when their rates differ, it is a StackedAdam (training/optim.py: member n at
 its own rate) and `MemberRates` gives each member the rate its single run's schedule gives it.
 What LitAutoencoder, its callbacks and its loggers do for one run, it does per member
 (`MemberRun`): epoch means from sums and counts, step values at `log_every_n_steps`, the
@@ -35,13 +35,13 @@ from vaelab.data.loader import EpochSeed, ResumableLoader, TensorBatchLoader
 from vaelab.evaluation.latent import active_units, encode
 from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.models import VAE
-from vaelab.models.stacked import StackedAdam, StackedVAE
+from vaelab.models.stack import Stack
 from vaelab.training.callbacks import BestEpochMetrics, LatentPanels
 from vaelab.training.callbacks.latent_panels import split_images
 from vaelab.training.lightning_compat import saves_every_epoch, validates_on_a_timer
 from vaelab.training.module import DIVERGENCE_FACTOR
-from vaelab.training.optim import (clip_gradients, cosine_lr_factor, lr_of_step, make_lr_scheduler, make_optimizer,
-                                   steps_per_batch)
+from vaelab.training.optim import (StackedAdam, clip_gradients, cosine_lr_factor, lr_of_step, make_lr_scheduler,
+                                   make_optimizer, steps_per_batch)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class MemberRates:
 class StackedLitModule(pl.LightningModule):
     """Trains `stack` as LitAutoencoder trains each of its members alone (see the module docstring)."""
 
-    def __init__(self, stack: StackedVAE, members: Sequence[MemberRun], lr: float | Sequence[float],
+    def __init__(self, stack: Stack, members: Sequence[MemberRun], lr: float | Sequence[float],
                  optimizer: Optional[dict] = None,
                  gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = "norm",
                  before_step: Optional[Callable[["StackedLitModule", int], None]] = None):

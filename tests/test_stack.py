@@ -1,17 +1,20 @@
-"""The stacked model (models/stacked.py): each member trains as the same VAE trained alone.
+"""The stack (models/stack.py): each member trains as the same model trained alone.
 
 A single run here is what train.py does around the model: seed, build, then Adam steps whose
 noise comes from the global generator. Members differ in seed, β, free bits and KL schedule;
-tiny sizes (6×6 images, 16 hidden units, 3 latent dimensions) keep the file fast.
+every model type, network, objective and likelihood stacks, and so does a model type written
+for this test; tiny sizes (6×6 images, 16 hidden units, 3 latent dimensions) keep the file fast.
 """
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
 
 from vaelab.models import AE, VAE
-from vaelab.models.stacked import StackedAdam, StackedVAE, member_from_seed
+from vaelab.models.stack import Stack, member_from_seed
+from vaelab.training.optim import StackedAdam
 
 IMAGE = (1, 6, 6)
 HIDDEN = [16]
@@ -25,12 +28,42 @@ SETTINGS = [  # one member each: a constant β, a linear warm-up with free bits,
     dict(beta=1.0, kl_schedule="capacity", kl_period=2, kl_period_unit="step", kl_capacity=2.0),
 ]
 SEEDS = [3, 7, 11]
-# float32: baddbmm and addmm sum in other orders, and Adam's m/√v magnifies rounding in small gradients.
+# float32: a batched matrix product sums in another order, and Adam's m/√v magnifies rounding in small gradients.
 CLOSE = dict(rtol=1e-4, atol=1e-5)
 
 
-def _builder(settings: dict):
-    return lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="bce", **settings)
+class SparseAE(AE):
+    """A model type added after the stack was written (as test_model_types.py adds it): nothing for stacks."""
+
+    name = "sparse_ae"
+    terms = ("recon", "l1", "loss")
+
+    def __init__(self, *args, l1_weight: float = 1e-2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.l1_weight = float(l1_weight)
+
+    def losses(self, x: torch.Tensor, eps=None) -> dict[str, torch.Tensor]:
+        out = self(x)
+        recon, l1 = self.likelihood.error(out.logits, x).mean(), out.z.abs().sum(dim=1).mean()
+        return {"recon": recon, "l1": l1, "loss": recon + self.l1_weight * l1}
+
+
+def _builder(settings: dict, cls=VAE, **architecture):
+    architecture = {"recon_loss": "bce", **architecture}
+    return lambda: cls(IMAGE, LATENT, HIDDEN if architecture.get("net") != "conv" else [4, 4], **architecture, **settings)
+
+
+# Each case: the members' builders (one architecture, per-member settings as SETTINGS vary them).
+CASES = {
+    "vae-mlp-bce": [_builder(s) for s in SETTINGS],
+    "vae-mse-own-data": [_builder(s, recon_loss="mse") for s in SETTINGS[:2]],
+    "vae-conv": [_builder(s, net="conv") for s in SETTINGS[:2]],
+    "iwae": [_builder(dict(beta=b, objective="iwae", k=3)) for b in (0.5, 1.0)],
+    "gaussian-learned-sigma": [_builder(s, recon_loss="gaussian") for s in SETTINGS[:2]],
+    "cbernoulli": [_builder(s, recon_loss="cbernoulli") for s in SETTINGS[1:]],
+    "ae": [_builder({}, AE), _builder({}, AE)],
+    "new-model-type": [_builder({}, SparseAE), _builder({}, SparseAE)],
+}
 
 
 def _batches(seed: int) -> torch.Tensor:
@@ -39,15 +72,15 @@ def _batches(seed: int) -> torch.Tensor:
 
 
 def _adam(parameters) -> torch.optim.Adam:
-    # As vaelab.training.make_optimizer on the CPU (not imported: it brings in Lightning, 5 s).
+    # As vaelab.training.make_optimizer on the CPU.
     return torch.optim.Adam(parameters, lr=LR, fused=True)
 
 
-def _train_alone(settings: dict, seed: int, batches: torch.Tensor, val_x: torch.Tensor):
+def _train_alone(build, seed: int, batches: torch.Tensor, val_x: torch.Tensor):
     """The single run: its per-step losses and gradients, its final weights and its eval losses."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _builder(settings)()
+        model = build()
         optimizer = _adam(model.parameters())
         steps = []
         for step, x in enumerate(batches):
@@ -64,12 +97,12 @@ def _train_alone(settings: dict, seed: int, batches: torch.Tensor, val_x: torch.
     return steps, model.state_dict(), val
 
 
-def _stack(settings: list[dict], seeds: list[int]) -> StackedVAE:
-    members = [member_from_seed(_builder(s), seed) for s, seed in zip(settings, seeds)]
-    return StackedVAE.from_members([m for m, _ in members], generators=[g for _, g in members])
+def _stack(builders: Sequence, seeds: list[int]) -> Stack:
+    members = [member_from_seed(build, seed) for build, seed in zip(builders, seeds)]
+    return Stack([m for m, _ in members], generators=[g for _, g in members])
 
 
-def _train_stacked(stack: StackedVAE, batches: torch.Tensor, poison=None):
+def _train_stacked(stack: Stack, batches: torch.Tensor, poison=None):
     """`batches` (STEPS, ...) shared or (N, STEPS, ...) per member; `poison(stack, step)` may break a member."""
     optimizer = _adam(stack.parameters())
     steps = []
@@ -91,7 +124,8 @@ def _train_stacked(stack: StackedVAE, batches: torch.Tensor, poison=None):
 
 def _assert_member_equals_alone(stack, stacked_steps, n, alone_steps, alone_weights):
     for step, ((losses, grads), (own_losses, own_grads)) in enumerate(zip(stacked_steps, alone_steps)):
-        for term in StackedVAE.terms:
+        assert list(losses) == list(stack.terms)
+        for term in stack.terms:
             torch.testing.assert_close(losses[term][n], own_losses[term], **CLOSE,
                                        msg=lambda m: f"member {n}, step {step}, {term}: {m}")
         for name, grad in own_grads.items():
@@ -103,15 +137,16 @@ def _assert_member_equals_alone(stack, stacked_steps, n, alone_steps, alone_weig
 # ---------------------------------------------------------------- equality with single runs
 
 
-@pytest.mark.parametrize("n, per_member_data", [(2, False), (3, True)], ids=["2-members-shared-batches",
-                                                                             "3-members-own-batches"])
-def test_each_member_trains_as_it_would_alone(n, per_member_data):
-    settings, seeds = SETTINGS[:n], SEEDS[:n]
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_member_trains_as_it_would_alone(case):
+    builders = CASES[case]
+    n, seeds = len(builders), SEEDS[:len(builders)]
+    per_member_data = case != "vae-mlp-bce"  # one batch shared by all members, or each its own data order
     batches = [_batches(seed if per_member_data else 0) for seed in seeds]
     val_x = torch.rand(BATCH, *IMAGE, generator=torch.Generator().manual_seed(0))
-    alone = [_train_alone(s, seed, b, val_x) for s, seed, b in zip(settings, seeds, batches)]
+    alone = [_train_alone(build, seed, b, val_x) for build, seed, b in zip(builders, seeds, batches)]
 
-    stack = _stack(settings, seeds)
+    stack = _stack(builders, seeds)
     stacked_steps = _train_stacked(stack, torch.stack(batches) if per_member_data else batches[0])
     for member in range(n):
         steps, weights, _ = alone[member]
@@ -122,14 +157,14 @@ def test_each_member_trains_as_it_would_alone(n, per_member_data):
     with torch.no_grad():
         val = stack.losses(val_x)
     for member in range(n):
-        for term in StackedVAE.terms:
+        for term in stack.terms:
             torch.testing.assert_close(val[term][member], alone[member][2][term], **CLOSE)
     assert stack.alive.all()
 
 
 def test_a_member_starts_from_its_seeds_initialisation_and_noise():
-    stack = _stack(SETTINGS[:2], SEEDS[:2])
-    eps = stack.noise(torch.zeros(2, BATCH, LATENT))  # (N, B, latent_dim): each member's first draw
+    stack = _stack(CASES["vae-mlp-bce"][:2], SEEDS[:2])
+    eps = stack.noise(BATCH, torch.zeros(()))  # (N, B, latent_dim): each member's first draw
     for n, (settings, seed) in enumerate(zip(SETTINGS[:2], SEEDS[:2])):
         torch.manual_seed(seed)
         single = _builder(settings)()
@@ -141,8 +176,8 @@ def test_a_member_starts_from_its_seeds_initialisation_and_noise():
 
 def test_without_generators_the_members_draw_different_noise_from_the_global_generator():
     members = [_builder(s)() for s in SETTINGS[:2]]
-    stack = StackedVAE.from_members(members)
-    eps = stack.noise(torch.zeros(2, BATCH, LATENT))
+    stack = Stack(members)
+    eps = stack.noise(BATCH, torch.zeros(()))
     assert eps.shape == (2, BATCH, LATENT) and not torch.equal(eps[0], eps[1])
 
 
@@ -151,7 +186,7 @@ def test_without_generators_the_members_draw_different_noise_from_the_global_gen
 
 def test_member_state_dict_loads_into_the_single_model_and_round_trips():
     members = [member_from_seed(_builder(s), seed)[0] for s, seed in zip(SETTINGS, SEEDS)]
-    stack = StackedVAE.from_members(members)
+    stack = Stack(members)
     with torch.no_grad():  # weights the members never had: the split must come from the stack
         for p in stack.parameters():
             p.add_(torch.randn_like(p))
@@ -160,12 +195,19 @@ def test_member_state_dict_loads_into_the_single_model_and_round_trips():
         single = _builder(settings)()
         single.load_state_dict(stack.member_state_dict(n))  # strict: the same keys and shapes
         split.append(single)
-    again = StackedVAE.from_members(split)
+    again = Stack(split)
     for name, value in stack.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+    again.eval()
+    split[1].eval()
     x = torch.rand(BATCH, *IMAGE)
-    for stacked, single in zip(again.encode(x), split[1].encode(x)):  # (mu, logvar): member 1's slice
-        torch.testing.assert_close(stacked[1], single)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        stacked = again.losses(x)
+    torch.manual_seed(0)
+    single = split[1].losses(x, torch.randn(3, BATCH, LATENT)[1])  # member 1's share of the stack's one draw
+    for term, value in single.items():
+        torch.testing.assert_close(stacked[term][1], value)
 
 
 # ---------------------------------------------------------------- a failing member
@@ -174,14 +216,14 @@ def test_member_state_dict_loads_into_the_single_model_and_round_trips():
 def test_a_nan_in_one_member_stops_that_member_not_the_stack():
     val_x = torch.rand(BATCH, *IMAGE)
     batches = [_batches(seed) for seed in SEEDS]
-    alone = [_train_alone(s, seed, b, val_x) for s, seed, b in zip(SETTINGS, SEEDS, batches)]
+    alone = [_train_alone(build, seed, b, val_x) for build, seed, b in zip(CASES["vae-mlp-bce"], SEEDS, batches)]
 
     def poison(stack, step):  # member 1's weights become NaN before step 2: a run that diverged
         if step == 2:
             with torch.no_grad():
-                stack.fc_mu.weight[1].fill_(math.nan)
+                stack.model.fc_mu.weight[1].fill_(math.nan)
 
-    stack = _stack(SETTINGS, SEEDS)
+    stack = _stack(CASES["vae-mlp-bce"], SEEDS)
     stacked_steps = _train_stacked(stack, torch.stack(batches), poison)
     assert stack.alive.tolist() == [True, False, True]
     for member in (0, 2):
@@ -196,7 +238,7 @@ def test_a_nan_in_one_member_stops_that_member_not_the_stack():
 
 
 def test_a_stopped_member_gets_no_gradient():
-    stack = _stack(SETTINGS[:2], SEEDS[:2])
+    stack = _stack(CASES["vae-mlp-bce"][:2], SEEDS[:2])
     stack.stop(0)
     stack.objective(stack.losses(_batches(0)[0])).backward()
     stack.mask_dead_gradients()
@@ -206,7 +248,7 @@ def test_a_stopped_member_gets_no_gradient():
 
 def test_gradient_clipping_takes_each_members_own_norm():
     x = _batches(0)[0]
-    stack = _stack(SETTINGS, SEEDS)
+    stack = _stack(CASES["vae-mlp-bce"], SEEDS)
     stack.objective(stack.losses(x)).backward()
     max_norm = 1.0
     stack.clip_grad_norm_per_member(max_norm)
@@ -223,23 +265,29 @@ def test_gradient_clipping_takes_each_members_own_norm():
 # ---------------------------------------------------------------- what does not stack
 
 
-@pytest.mark.parametrize("other", [
-    lambda: VAE(IMAGE, LATENT, [8], recon_loss="bce"),  # another width
-    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="mse"),  # another likelihood
-    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="bce", objective="iwae", k=2),
-    lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="gaussian"),  # a learned σ: a parameter of its own
-    lambda: AE(IMAGE, LATENT, HIDDEN, recon_loss="bce"),
-    lambda: VAE(IMAGE, LATENT, [4, 4], net="conv", recon_loss="bce"),
+@pytest.mark.parametrize("other, says", [
+    (lambda: VAE(IMAGE, LATENT, [8], recon_loss="bce"), "other weights"),  # another width
+    (lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="mse"), "likelihood.kind"),
+    (lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="bce", objective="iwae", k=2), "k, objective"),
+    (lambda: VAE(IMAGE, LATENT, HIDDEN, recon_loss="gaussian"), "other weights"),  # a learned σ: a parameter
+    (lambda: AE(IMAGE, LATENT, HIDDEN, recon_loss="bce"), "is a AE"),
+    (lambda: VAE(IMAGE, LATENT, [4, 4], net="conv", recon_loss="bce"), "other weights"),
 ], ids=["width", "likelihood", "iwae", "learned-sigma", "ae", "conv"])
-def test_members_that_cannot_stack_are_refused(other):
-    with pytest.raises(ValueError):
-        StackedVAE.from_members([_builder({})(), other()])
+def test_members_that_cannot_stack_are_refused(other, says):
+    with pytest.raises(ValueError, match=says):
+        Stack([_builder({})(), other()])
+
+
+def test_a_setting_that_the_stack_cannot_hold_per_member_is_refused_not_dropped():
+    """SparseAE's l1_weight is a Python number: member 0's would serve every member, so the stack refuses."""
+    with pytest.raises(ValueError, match=r"differs from member 0 in l1_weight; .* \(none\)"):
+        Stack([_builder({}, SparseAE)(), _builder(dict(l1_weight=0.5), SparseAE)()])
 
 
 def test_a_member_loads_back_and_its_optimizer_state_is_its_own_adam():
     """load_member_state_dict inverts member_state_dict; member_optimizer_state is the Adam of member n alone."""
     settings, seeds = SETTINGS[:2], SEEDS[:2]
-    stack = _stack(settings, seeds)
+    stack = _stack(CASES["vae-mlp-bce"][:2], seeds)
     alone = [member_from_seed(_builder(s), seed)[0] for s, seed in zip(settings, seeds)]
     x = torch.rand(2, BATCH, *IMAGE, generator=torch.Generator().manual_seed(5))
     stacked_adam = _adam(stack.parameters())
@@ -311,7 +359,7 @@ def test_stacked_adam_takes_each_members_torch_adam_step_at_its_own_rate():
 
 
 def test_a_members_optimizer_state_has_its_own_learning_rate():
-    stack = _stack(SETTINGS[:2], SEEDS[:2])
+    stack = _stack(CASES["vae-mlp-bce"][:2], SEEDS[:2])
     rates = [LR, 3 * LR]
     optimizer = StackedAdam(stack.parameters(), rates, member_defaults=_adam([torch.zeros(1, requires_grad=True)]).defaults)
     stack.objective(stack.losses(_batches(0)[0])).backward()
