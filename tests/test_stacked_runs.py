@@ -12,11 +12,14 @@ warm-up and a floor: each equals its job alone, its train/lr values included.
 import csv
 import json
 import math
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -24,11 +27,10 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, small_run_overrides
 from vaelab.checkpoints import read_checkpoint
-from vaelab.errors import NonFiniteLossError
+from vaelab.errors import NonFiniteLossError, RunInterrupted
 from vaelab.naming import register_resolvers
 from vaelab.tasks.eval import load_model
-from vaelab.tasks.train import run
-from vaelab.tasks.train_stacked import MemberResult, train_stack
+from vaelab.tasks.train import MemberResult, run, train_stack
 
 GRID = [(1, 0), (4, 0), (1, 1), (4, 1)]  # (β, seed), in job order
 OVERFLOW_BETA = 1e39  # inf in float32: the member's loss is inf at the first step
@@ -165,13 +167,16 @@ KINDS = {
     "conv": ["model.net=conv", "model.hidden_dims=[4,8]"],
     "iwae-linear": ["model.objective=iwae", "model.k=3", "model.kl_schedule=linear"],
     "gaussian-learned-sigma": ["model.recon_loss=gaussian"],
+    "dynamic-binarisation": ["data.binarize=dynamic", "model.recon_loss=bce"],
+    # patience 0 on val/kl, which grows in the first epochs: each member's rate halves, each at its own times
+    "plateau": ["optimizer.scheduler=plateau", "optimizer.patience=0", "optimizer.monitor=val/kl", "trainer.max_epochs=3"],
 }
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_model_kind_stacks_and_each_member_equals_its_single_run(kind, shared_data_dir, tmp_path):
     register_resolvers()
-    overrides = [*KINDS[kind], "trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0"]
+    overrides = ["trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0", *KINDS[kind]]
     jobs = [(1, 0), (4, 1)] if kind != "ae" else [(None, 0), (None, 1)]
     singles, cfgs = [], []
     for n, (beta, seed) in enumerate(jobs):
@@ -183,6 +188,8 @@ def test_every_model_kind_stacks_and_each_member_equals_its_single_run(kind, sha
     for member_dir, single_dir in zip([Path(c.paths.output_dir) for c in cfgs], singles):
         _assert_same_run(member_dir, single_dir)
         _assert_same_checkpoint(member_dir, single_dir)
+        if kind == "plateau":  # the rate did fall, as the single run's did
+            assert _record(member_dir)["train/lr"] == _record(single_dir)["train/lr"] < 1e-3
 
 
 def test_jobs_that_differ_in_more_than_member_settings_do_not_stack(shared_data_dir, tmp_path):
@@ -195,13 +202,16 @@ def test_jobs_that_differ_in_more_than_member_settings_do_not_stack(shared_data_
     assert not (tmp_path / "job0" / "metrics.json").exists()
 
 
-def _poison(step: int, member: int):
-    """A before_step hook: NaN weights for `member` before training step `step`."""
-    def hook(module, global_step: int) -> None:
-        if global_step == step:
+class _Poison(pl.Callback):
+    """NaN weights for `member` before training step `step`: a member that diverged."""
+
+    def __init__(self, step: int, member: int):
+        self.step, self.member = step, member
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
             with torch.no_grad():
-                module.model.model.fc_mu.weight[member].fill_(math.nan)
-    return hook
+                pl_module.model.model.fc_mu.weight[self.member].fill_(math.nan)
 
 
 def test_b_a_failing_member_fails_alone(grid, shared_data_dir, tmp_path):
@@ -211,7 +221,7 @@ def test_b_a_failing_member_fails_alone(grid, shared_data_dir, tmp_path):
         run(_config(shared_data_dir, overflow_single, OVERFLOW_BETA, 1))
     jobs = [(1, 0), (OVERFLOW_BETA, 1), (4, 1), (4, 0)]  # the last one is poisoned before step 5
     cfgs = [_config(shared_data_dir, tmp_path / f"member{n}", beta, seed) for n, (beta, seed) in enumerate(jobs)]
-    results = train_stack(cfgs, before_step=_poison(5, member=3))
+    results = train_stack(cfgs, callbacks=[_Poison(5, member=3)])
     assert [r.status for r in results] == ["completed", "failed", "completed", "failed"]
 
     # Members 0 and 2 are the grid's jobs (β=1, seed 0) and (β=4, seed 1): still equal to their single runs.
@@ -258,6 +268,50 @@ def test_a_member_resumes_alone_as_its_single_run_does(grid, shared_data_dir, tm
         assert member[key] == pytest.approx(single[key], rel=RTOL), key
 
 
+class _Signal(pl.Callback):
+    """Sends this process `signum` before training step `step`, as a scheduler or Ctrl-C would."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: signal.Signals(s).name)
+def test_a_signal_stops_the_stack_before_the_next_batch_and_each_member_resumes_alone(signum, grid, shared_data_dir,
+                                                                                     tmp_path):
+    """Every member leaves interrupted.ckpt and status interrupted; the member resumed alone with
+    `ckpt_path=` ends where its single run, never interrupted, ends."""
+    _, singles, _, _, _ = grid
+    jobs = GRID[:2]
+    cfgs = [_config(shared_data_dir, tmp_path / f"member{n}", beta, seed) for n, (beta, seed) in enumerate(jobs)]
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    try:  # the signal arrives during step 3, which the stack finishes; it stops before step 4
+        with pytest.raises(RunInterrupted, match=f"{signal.Signals(signum).name} stopped the run at epoch 0, step 4; "
+                                                 f"resume each member alone"):
+            train_stack(cfgs, callbacks=[_Signal(signum, 3)])
+    finally:  # Lightning leaves SIGINT ignored after it shut down on one (train.py's process ends then)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    for n in range(2):
+        record = _record(tmp_path / f"member{n}")
+        checkpoint = tmp_path / f"member{n}" / "checkpoints" / "interrupted.ckpt"
+        assert (record["status"], record["signal"], record["global_step"]) == ("interrupted", signal.Signals(signum).name, 4)
+        assert record["resume_checkpoint"] == str(checkpoint) and record["stacked"] == {"members": 2, "index": n}
+        saved = read_checkpoint(checkpoint)
+        assert saved["global_step"] == 4 and saved["hyper_parameters"]["beta"] == jobs[n][0]
+    resumed = _config(shared_data_dir, tmp_path / "resumed1", *jobs[1])
+    with open_dict(resumed):
+        resumed.ckpt_path = str(tmp_path / "member1" / "checkpoints" / "interrupted.ckpt")
+    run(resumed)
+    member, single = _record(tmp_path / "resumed1"), _record(singles[1])
+    assert (member["status"], member["global_step"]) == ("completed", single["global_step"])
+    for key in TERMS:
+        assert member[key] == pytest.approx(single[key], rel=RTOL), key
+
+
 # -- a learning rate per member ------------------------------------------------------------------
 
 COSINE = ["optimizer.scheduler=cosine", "optimizer.warmup_steps=3", "optimizer.min_lr=5e-4"]
@@ -291,7 +345,7 @@ def rates(grid, shared_data_dir, tmp_path_factory):
     jobs = [(1, 0, 1e-3), (4, 1, 3e-3), (4, 0, 3e-3)]
     cfgs = [_config(shared_data_dir, root / f"constant{n}", beta, seed, f"model.lr={lr}")
             for n, (beta, seed, lr) in enumerate(jobs)]
-    constant = train_stack(cfgs, before_step=_poison(5, member=2))
+    constant = train_stack(cfgs, callbacks=[_Poison(5, member=2)])
     cosine_singles = []
     for beta, seed, lr in jobs[:2]:
         run(_config(shared_data_dir, root / f"single-cosine-lr{lr}", beta, seed, f"model.lr={lr}", *COSINE))
@@ -336,22 +390,3 @@ def test_a_member_of_its_own_learning_rate_resumes_alone_as_its_single_run_does(
     assert member["train/lr"] == single["train/lr"]
     for key in TERMS:
         assert member[key] == pytest.approx(single[key], rel=RTOL), key
-
-
-def test_lightning_still_has_the_private_checkpoint_schedule_attributes_a_stack_reads():
-    """training/stacked_module.py saves members' checkpoints at ModelCheckpoint's times, read through
-    lightning_compat; an upgrade that drops or renames one fails here, not in a stacked sweep."""
-    import pytorch_lightning as pl
-
-    from vaelab.training.lightning_compat import missing_checkpoint_schedule_attributes, saves_every_epoch, validates_on_a_timer
-
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    every_epoch = pl.callbacks.ModelCheckpoint(monitor="val/loss")
-    assert not missing_checkpoint_schedule_attributes(trainer, every_epoch), (
-        f"pytorch-lightning {pl.__version__} lacks {', '.join(missing_checkpoint_schedule_attributes(trainer, every_epoch))}; "
-        f"update vaelab/training/lightning_compat.py")
-    assert not validates_on_a_timer(trainer)
-    assert validates_on_a_timer(pl.Trainer(logger=False, enable_checkpointing=False, val_check_interval="00:00:01:00"))
-    assert saves_every_epoch(every_epoch)
-    assert not saves_every_epoch(pl.callbacks.ModelCheckpoint(every_n_train_steps=10))
-    assert not saves_every_epoch(pl.callbacks.ModelCheckpoint(every_n_epochs=2))

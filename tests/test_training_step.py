@@ -88,7 +88,7 @@ def test_fast_dev_run_logs_and_checks_its_step_values(data_dir):
     trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=_datamodule(data_dir))
     assert trainer.global_step == 1
-    assert set(module.last_step_values) == {"train/recon_step", "train/loss_step", "train/lr"}
+    assert set(module.last_step_values[0]) == {"train/recon_step", "train/loss_step", "train/lr"}
 
 
 @pytest.mark.parametrize(("settings", "reason"), [

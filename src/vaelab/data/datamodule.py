@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
-from vaelab.data.loader import TensorBatchLoader
+from vaelab.data.loader import StackedBatchLoader, TensorBatchLoader
 from vaelab.data.sources import ImageSet, load_images, remember_source
 from vaelab.errors import refused
 
@@ -54,6 +54,18 @@ class MNISTDataModule(pl.LightningDataModule):
         self.images: Optional[ImageSet] = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # A stack's members (models/stack.py): the seed each one's data order follows, and the
+        # generator it draws its dynamic binarisation from; None for a single run.
+        self.member_seeds: Optional[list[int]] = None
+        self.member_generators: Optional[list[torch.Generator]] = None
+
+    def for_members(self, seeds: Sequence[int], generators: Sequence[torch.Generator]) -> None:
+        """Give each training batch one batch per member, (N, B, ...): member n's is the one a single
+        run with seed `seeds[n]` gets at that step, binarised (dynamic) from `generators[n]` as that
+        run binarises from the global generator. Validation and test batches stay shared."""
+        # What a single run's loader is seeded with: torch.initial_seed() after seed_everything(seed).
+        self.member_seeds = [int(s) % 2**32 for s in seeds]
+        self.member_generators = list(generators)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> dict:
@@ -125,6 +137,8 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = self._on_device[key]
         # The batches of this epoch trained on so far: what a mid-epoch checkpoint resumes after.
         batches_done = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed) if train and trainer else None
+        if train and self.member_seeds is not None:
+            return StackedBatchLoader(images, labels, self.batch_size, self.member_seeds, batches_done=batches_done)
         # Every rank must draw the same permutation; seed_everything gives them the same seed.
         return TensorBatchLoader(images, labels, self.batch_size // world_size, shuffle=train,
                                  rank=rank, world_size=world_size, seed=torch.initial_seed() % 2**32, pad=train,
@@ -147,9 +161,12 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        x = images.unsqueeze(1) / 255  # (B, 1, H, W) float32 in [0, 1], one kernel
+        x = images.unsqueeze(-3) / 255  # (B, 1, H, W) (a stack's (N, B, 1, H, W)) float32 in [0, 1], one kernel
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
-            x = torch.bernoulli(x)
+            if x.dim() == 5:  # a batch per member, each resampled from the member's own generator
+                x = torch.stack([torch.bernoulli(own, generator=g) for own, g in zip(x, self.member_generators)])
+            else:
+                x = torch.bernoulli(x)
         low, high = self.pixel_range
         if (low, high) != (0.0, 1.0):
             x = x.mul_(high - low).add_(low)

@@ -1,6 +1,7 @@
 """Batches cut from tensors by indexing, instead of one image at a time through a Dataset."""
 
 import math
+from collections.abc import Sequence
 from typing import Callable, Optional
 
 import torch
@@ -112,3 +113,30 @@ class TensorBatchLoader(ResumableLoader):
         size = self.batch_size
         for start in range(first * size, self.num_batches() * size, size):
             yield images[start : start + size], labels[start : start + size]
+
+
+class StackedBatchLoader(ResumableLoader):
+    """Training batches (N, B, H, W) uint8: member n's batch is the one a single run with seed
+    `seeds[n]` gets at that step (one TensorBatchLoader per member gives each epoch's order)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seeds: Sequence[int],
+                 batches_done: Optional[Callable[[], int]] = None):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.members = [TensorBatchLoader(images, labels, batch_size, shuffle=True, seed=s, pad=True) for s in seeds]
+        self.sampler = EpochSeed()  # Lightning calls set_epoch on it
+        self.batch_sampler = None
+        self.batches_done = batches_done
+        self._resume_at: Optional[tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return self.members[0].num_batches()
+
+    def __iter__(self):
+        first = self.first_batch()
+        for member in self.members:
+            member.sampler.set_epoch(self.sampler.epoch)
+        order = torch.stack([m.indices() for m in self.members]).to(self.images.device)  # (N, n)
+        images, labels = self.images[order], self.labels[order]  # (N, n, H, W), (N, n)
+        size = self.batch_size
+        for start in range(first * size, len(self) * size, size):
+            yield images[:, start : start + size], labels[:, start : start + size]

@@ -9,7 +9,7 @@ schedule and the learning rate share a stack), logs the plan, and then
 - gives every job of a stack what Hydra's `run_job` gives a job: its directory with `.hydra/`,
   its `train.log` (each member's log gets the stack's lines), the `on_job_start` and
   `on_job_end` callbacks (the sweep summary), and a JobReturn; and trains the stack in this
-  process with `vaelab.tasks.train_stacked.train_stack`, which leaves each member's run directory
+  process with `vaelab.tasks.train.train_stack`, which leaves each member's run directory
   as a single run leaves it, with `"stacked"` in its metrics.json;
 - runs every other job through `run_job` as the basic launcher does, one after another.
 
@@ -20,6 +20,7 @@ each recorded in its metrics.json, and the sweep goes on.
 import copy
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,6 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, 
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from vaelab.errors import RunInterrupted
 from vaelab.sweeps.jobs import describe_error, override_tags, record_failure, sweep_group
 from vaelab.sweeps.stacking import group_jobs
 
@@ -120,7 +122,7 @@ def _log_to_every_member(members: list[_MemberJob]) -> list[logging.Handler]:
 def run_stack(hydra_context: HydraContext, task_function: TaskFunction, configs: list[DictConfig],
               check: Optional[Callable[[DictConfig], None]]) -> list[JobReturn]:
     """Train the jobs `configs` as one stack; one JobReturn per job, in order."""
-    from vaelab.tasks.train_stacked import train_stack  # imports Lightning: only when a stack trains
+    from vaelab.tasks.train import train_stack  # imports Lightning: only when a stack trains
 
     callbacks = hydra_context.callbacks
     original = HydraConfig.instance().cfg
@@ -153,6 +155,9 @@ def run_stack(hydra_context: HydraContext, task_function: TaskFunction, configs:
                     ok = result.status == "completed"
                     returns[i] = members[i].job_return(JobStatus.COMPLETED if ok else JobStatus.FAILED,
                                                        result.value if ok else RuntimeError(result.error or "failed"))
+            except RunInterrupted as err:  # each member recorded "interrupted": the sweep stops, as run_sweep_job does
+                log.error("stack interrupted: %s; the sweep stops here", err)
+                sys.exit(err.exit_code)
             except Exception as err:  # the whole stack: each member records it and the sweep goes on
                 log.exception("the stack failed: %s", describe_error(err))
                 for i in ready:

@@ -10,7 +10,9 @@ A job that cannot stack at all (`why_not_stackable`) runs alone, as without stac
 """
 
 import json
-from typing import Optional
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,7 +21,7 @@ from vaelab.sweeps.summary import flatten
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
-# The data module whose training batches a stack gives one per member (training/stacked_module.py).
+# The data module that gives a stack's training batches one per member (MNISTDataModule.for_members).
 STACKED_DATA = "vaelab.data.MNISTDataModule"
 # Keys that say where a job's files go or what it is called, not what it trains.
 PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
@@ -42,10 +44,6 @@ def why_not_stackable(cfg: DictConfig) -> Optional[str]:
     """Why this job must train alone, or None when it can be a member of a stack. Every model type,
     network, objective and likelihood stacks (models/stack.py); what cannot is said here."""
     data, trainer = cfg.data, cfg.trainer
-    if data.get("binarize") == "dynamic":
-        return "data.binarize=dynamic: each run resamples its pixels from the global generator"
-    if cfg.get("optimizer") is not None and cfg.optimizer.get("scheduler") == "plateau":
-        return "optimizer.scheduler=plateau: each member's rate would follow its own validation loss"
     if cfg.get("ckpt_path"):
         return "ckpt_path: a resumed run trains alone"
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
@@ -55,6 +53,42 @@ def why_not_stackable(cfg: DictConfig) -> Optional[str]:
     if target != STACKED_DATA:
         return f"data reads with {target}: a stack reads its data with {STACKED_DATA}"
     return None
+
+
+def _unresolve(node: Any, output_dir: str) -> Any:
+    """`node` with the job's run directory written as the interpolation it was resolved from."""
+    if isinstance(node, dict):
+        return {k: _unresolve(v, output_dir) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unresolve(v, output_dir) for v in node]
+    if isinstance(node, str) and output_dir in node:
+        return node.replace(output_dir, "${paths.output_dir}")
+    return node
+
+
+def resolved_stack_key(cfg: DictConfig) -> str:
+    """`stack_key` of a resolved job config: the values resolved from the job's own run directory
+    (trainer.default_root_dir, the callbacks' dirpath, ...) do not count."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return stack_key(OmegaConf.create(_unresolve(container, str(cfg.paths.output_dir))))
+
+
+def check_stack(cfgs: Sequence[DictConfig]) -> None:
+    """ValueError unless the resolved job configs `cfgs` can train as one stack."""
+    if len(cfgs) < 2:
+        raise ValueError(f"a stack needs at least 2 jobs, not {len(cfgs)}")
+    for i, cfg in enumerate(cfgs):
+        reason = why_not_stackable(cfg)
+        if reason is not None:
+            raise ValueError(f"job {i} cannot be a member of a stack: {reason}")
+    key = resolved_stack_key(cfgs[0])
+    differ = [i for i, cfg in enumerate(cfgs) if resolved_stack_key(cfg) != key]
+    if differ:
+        raise ValueError(f"jobs {differ} differ from job 0 in more than the per-member settings "
+                         f"(vaelab.sweeps.stacking.MEMBER_KEYS): they cannot share a stack")
+    dirs = [str(Path(cfg.paths.output_dir).resolve()) for cfg in cfgs]
+    if len(set(dirs)) != len(dirs):
+        raise ValueError("every member needs a run directory of its own (paths.output_dir)")
 
 
 def group_jobs(cfgs: list[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:

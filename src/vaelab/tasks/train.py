@@ -1,14 +1,24 @@
-"""The training task that `python train.py` runs: fit, test the best checkpoint, write metrics.json.
+"""The training task that `python train.py` runs: fit, test the best checkpoint, write metrics.json;
+for one job, or for a stack of jobs trained as one model (`train_stack`, hydra/launcher=stacked).
 
 Data flows one way: checked config (vaelab.config, before this runs) → DataModule,
 LightningModule, loggers, callbacks, Trainer (each built from its group's `_target_`) →
 Trainer.fit → test on the best checkpoint → metrics.json → the optimised metric is returned.
+
+A stack of N jobs (that differ only in per-member settings: vaelab.sweeps.stacking) runs the same
+code: each member is built as its single run builds it (seed, then the LightningModule), the
+members train as one (LitAutoencoder.stack), and each leaves in its own run directory what its
+single run leaves (metrics.json with `"stacked": {"members": N, "index": n}`, its CSV record and
+W&B run, its checkpoints written by its own ModelCheckpoint, its panels), through the views of
+training/members.py. A member that fails (a NaN loss) fails alone.
 """
 
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -21,16 +31,26 @@ from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import (cluster_tasks, interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir,
                            refuse_earlier_run, release_run_dir, write_record)
 from vaelab.sweeps.jobs import trainer_processes
+from vaelab.sweeps.stacking import check_stack
 from vaelab.sweeps.workers import current_worker
 from vaelab.tasks.build import build, build_each
+from vaelab.training import LitAutoencoder
 from vaelab.training.callbacks import BestEpochMetrics, Preemption
 from vaelab.training.loggers import continue_wandb_run, finish_loggers, log_hyperparameters
+from vaelab.training.members import Member, member_metrics, member_views
 
 log = logging.getLogger(__name__)
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+@dataclass
+class MemberResult:
+    status: str  # "completed", "failed" or "interrupted"
+    value: Optional[float]  # the job's cfg.optimized_metric; None when it is missing or not finite
+    error: Optional[str] = None
 
 
 def _stopped_by_signal(err: BaseException, callbacks: list[pl.Callback]) -> Optional[Preemption]:
@@ -88,105 +108,207 @@ def run(cfg: DictConfig) -> Optional[float]:
     # so one can see that all ranks train the same model.
     log.info("hyperparameters: model=%s latent_dim=%s hidden_dims=%s beta=%s lr=%s seed=%s", cfg.model.name,
              cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.get("beta"), cfg.model.lr, cfg.seed)
-    run_dir = Path(cfg.paths.output_dir)
-    refuse_earlier_run(run_dir)
-    lock_run_dir(run_dir)  # this process is its one writer until the run ends, however it ends
+    return _locked([cfg])[0].value
+
+
+def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence[pl.Callback] = ()) -> list[MemberResult]:
+    """Train the jobs `cfgs` (resolved configs, as `run` gets each) as one stack; one MemberResult per
+    job, in order. `callbacks` are added to the Trainer (a hook for tests)."""
+    cfgs = list(cfgs)
+    check_stack(cfgs)
+    for i, cfg in enumerate(cfgs):
+        log.info("stacked member %d/%d: beta=%s free_bits=%s kl_schedule=%s lr=%s seed=%s -> %s", i, len(cfgs),
+                 cfg.model.get("beta"), cfg.model.get("free_bits"), cfg.model.get("kl_schedule"), cfg.model.lr,
+                 cfg.seed, cfg.paths.output_dir)
+    return _locked(cfgs, list(callbacks))
+
+
+def _locked(cfgs: list[DictConfig], extra_callbacks: Sequence[pl.Callback] = ()) -> list[MemberResult]:
+    """`_train_and_test` with each run directory refused if used and locked (this process is its one
+    writer until the run ends, however it ends)."""
+    run_dirs = [Path(cfg.paths.output_dir) for cfg in cfgs]
+    for run_dir in run_dirs:
+        refuse_earlier_run(run_dir)
+    locked = []
     try:
-        return _train_and_test(cfg, run_dir)
+        for run_dir in run_dirs:
+            lock_run_dir(run_dir)
+            locked.append(run_dir)
+        return _train_and_test(cfgs, run_dirs, extra_callbacks)
     finally:
-        release_run_dir(run_dir)
+        for run_dir in locked:
+            release_run_dir(run_dir)
 
 
-def _train_and_test(cfg: DictConfig, run_dir: Path) -> Optional[float]:
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+def _build_module(cfgs: list[DictConfig], image_shape: list[int], optimizer: Optional[dict],
+                  clipping: dict[str, Any]) -> tuple[LitAutoencoder, Optional[list]]:
+    """The LightningModule, as each job's single run builds its model (seed, then build); a stack's
+    members also get the generator their single run draws its noise from."""
+    def build_one(cfg: DictConfig) -> LitAutoencoder:
+        return build("model", cfg.model, image_shape=image_shape, pixel_range=list(cfg.data.pixel_range),
+                     optimizer=optimizer, **clipping)
+
+    if len(cfgs) == 1:
+        return build_one(cfgs[0]), None
+    from vaelab.models.stack import member_from_seed
+
+    built = [member_from_seed(lambda cfg=cfg: build_one(cfg), int(cfg.seed)) for cfg in cfgs]
+    generators = [generator for _, generator in built]
+    return LitAutoencoder.stack([module for module, _ in built], generators), generators
+
+
+def _build_loggers(cfg: DictConfig, stacked: bool) -> list:
+    """The job's loggers; in a stack, its W&B run is one of several that this process holds at once."""
+    if not stacked:
+        return build_each("logger", cfg.get("logger"))
+    return [build(f"logger.{name}", node, **({"reinit": "create_new"} if str(node.get("_target_")).endswith("WandbLogger")
+                                             else {}))
+            for name, node in (cfg.get("logger") or {}).items() if node is not None]
+
+
+def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
+                    extra_callbacks: Sequence[pl.Callback] = ()) -> list[MemberResult]:
+    shared, stacked = cfgs[0], len(cfgs) > 1
+    pl.seed_everything(shared.seed, workers=True, verbose=False)
 
     # Resolve (and download) the data before the Trainer exists: DDP relaunches this script
     # for the other ranks once the Trainer starts, and they must find the same data.
     started = time.perf_counter()
-    datamodule = build("data", cfg.data)
+    datamodule = build("data", shared.data)
     data_info = datamodule.load()
     stage_seconds = {"time/data_s": time.perf_counter() - started}
     log.info("data: done in %.1f s", stage_seconds["time/data_s"])
     # Clipping is the step's (Lightning refuses it under manual optimisation): the module gets it.
-    clipping = {key: cfg.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
-    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True) if "optimizer" in cfg else None
-    ckpt_path = cfg.get("ckpt_path") or _resume_in_place(run_dir)
+    clipping = {key: shared.trainer.get(key) for key in ("gradient_clip_val", "gradient_clip_algorithm")}
+    optimizer = OmegaConf.to_container(shared.optimizer, resolve=True) if "optimizer" in shared else None
+    ckpt_path = None if stacked else shared.get("ckpt_path") or _resume_in_place(run_dirs[0])
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
     if checkpoint is not None:  # before any training: a file that is unreadable, unsafe or of another model is one line
-        model_keys = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+        model_keys = {k: v for k, v in OmegaConf.to_container(shared.model, resolve=True).items() if k != "_target_"}
         check_resumable(checkpoint, ckpt_path, model_keys, optimizer, clipping, list(datamodule.image_shape))
-    module = build("model", cfg.model, image_shape=list(datamodule.image_shape), pixel_range=list(cfg.data.pixel_range),
-                   optimizer=optimizer, **clipping)
-    loggers = build_each("logger", cfg.get("logger"))
+    module, generators = _build_module(cfgs, list(datamodule.image_shape), optimizer, clipping)
+    if generators is not None:
+        datamodule.for_members([cfg.seed for cfg in cfgs], generators)
+    members = [Member(i, run_dir, _build_loggers(cfg, stacked), build_each("callbacks", cfg.get("callbacks")))
+               for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
     if checkpoint is not None:  # a resume logs into the checkpoint's W&B run (vaelab.training.loggers)
-        continue_wandb_run(loggers, checkpoint, ckpt_path)
+        continue_wandb_run(members[0].loggers, checkpoint, ckpt_path)
     del checkpoint  # Lightning reads the file again to restore the trainer: do not hold it twice
-    callbacks = build_each("callbacks", cfg.get("callbacks"))
+    if stacked:  # each member's loggers and callbacks see that member alone
+        loggers, callbacks = member_views(members)
+        views = {"enable_checkpointing": False}  # the members' ModelCheckpoints are views, not Lightning's own
+    else:
+        loggers, callbacks, views = members[0].loggers, list(members[0].callbacks), {}
     # Checkpoints are written atomically in their own directory and read with weights_only=True.
-    trainer_cfg, strategy = trainer_settings(cfg.trainer)
-    trainer: pl.Trainer = build("trainer", trainer_cfg, logger=loggers, callbacks=callbacks,
-                                plugins=[AtomicCheckpointIO()], **strategy, **{key: None for key in clipping})
-    log_hyperparameters(loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
+    trainer_cfg, strategy = trainer_settings(shared.trainer)
+    trainer: pl.Trainer = build("trainer", trainer_cfg, logger=loggers, callbacks=[*callbacks, *extra_callbacks],
+                                plugins=[AtomicCheckpointIO()], **strategy, **views, **{key: None for key in clipping})
+    for cfg, member in zip(cfgs, members):
+        log_hyperparameters(member.loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
-    record: dict[str, Any] = {"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
+    records: list[dict[str, Any]] = [{"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
+                                     for cfg, run_dir in zip(cfgs, run_dirs)]
     failed = True
     try:
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         stage_seconds["time/fit_s"] = time.perf_counter() - started
-        log.info("fit: done in %.1f s (%d epochs, %d steps)", stage_seconds["time/fit_s"], trainer.current_epoch,
-                 trainer.global_step)
-        record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "time/"))}))
-        record.update(module.last_step_values)
-        best = next((c for c in callbacks if isinstance(c, BestEpochMetrics)), None)
-        best_val = best.metrics if best is not None else {}
-        record.update(best_val or _floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
-        checkpoint = trainer.checkpoint_callback
-        best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        if cfg.test:
-            if best_path is None:
+        log.info("fit: done in %.1f s (%d epochs, %d steps%s)", stage_seconds["time/fit_s"], trainer.current_epoch,
+                 trainer.global_step, f", {len(cfgs)} stacked members" if stacked else "")
+        best_paths = [_record_fit(record, member, module, trainer) for record, member in zip(records, members)]
+        if shared.test and len(module.failures) < len(cfgs):
+            if any(path is None for n, path in enumerate(best_paths) if not module.member_failed(n)):
                 log.warning("no best checkpoint was saved (fast_dev_run or no checkpoint callback): testing the last weights")
             started = time.perf_counter()
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            if stacked:  # each member's best weights, as its single run tests them
+                for n, path in enumerate(best_paths):
+                    if path is not None and not module.member_failed(n):
+                        module.load_member_weights(n, read_checkpoint(path)["state_dict"])
+            trainer.test(module, datamodule=datamodule, ckpt_path=None if stacked else best_paths[0], verbose=False)
             stage_seconds["time/test_s"] = time.perf_counter() - started
             log.info("test: done in %.1f s", stage_seconds["time/test_s"])
-            record.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-        record.update(
-            status="completed",
-            best_checkpoint=best_path,
-            best_epoch=best.epoch if best is not None else None,
-            last_checkpoint=str(run_dir / "checkpoints" / "last.ckpt") if best_path else None,
-            epochs=trainer.current_epoch,
-            global_step=trainer.global_step,
-        )
+            for n, record in enumerate(records):
+                record.update(_floats({k: v for k, v in _metrics(trainer, n, stacked).items() if k.startswith("test/")}))
+        for n, (record, path) in enumerate(zip(records, best_paths)):
+            if module.member_failed(n):
+                record.update(status="failed", error=module.failures[n])
+            else:
+                best = _best_epoch_metrics(members[n])
+                record.update(status="completed", best_checkpoint=path, best_epoch=best.epoch if best is not None else None,
+                              last_checkpoint=str(run_dirs[n] / "checkpoints" / "last.ckpt") if path else None,
+                              epochs=trainer.current_epoch, global_step=trainer.global_step)
         failed = False
     except BaseException as err:
-        preemption = _stopped_by_signal(err, callbacks)
-        if preemption is None:
-            record.update(status="failed", error=str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}")
+        # A signal stops every member still training (each saved its interrupted.ckpt); anything
+        # else fails them. A member that had failed before keeps its own error.
+        stopped = {n: _stopped_by_signal(err, member.callbacks) for n, member in enumerate(members)
+                   if not module.member_failed(n)}
+        for n, record in enumerate(records):
+            if n not in stopped or stopped[n] is None:
+                error = module.failures.get(n) or (str(err) if isinstance(err, VaelabError) else f"{type(err).__name__}: {err}")
+                record.update(status="failed", error=error)
+        if not stopped or None in stopped.values():
             raise
+        for n, preemption in stopped.items():
+            records[n].update(status="interrupted", signal=preemption.signal.name, epochs=trainer.current_epoch,
+                              global_step=trainer.global_step,
+                              resume_checkpoint=str(preemption.saved) if preemption.saved else None)
+        preemption = next(iter(stopped.values()))
         name = preemption.signal.name
         resume = (f"requeued as SLURM job {preemption.requeued}, which resumes from {preemption.saved}" if preemption.requeued
                   else f"resume with python train.py ckpt_path={preemption.saved}" if preemption.saved
                   else "the fit had finished; its checkpoints are in place")
-        record.update(status="interrupted", signal=name, resume_checkpoint=str(preemption.saved) if preemption.saved else None,
-                      epochs=trainer.current_epoch, global_step=trainer.global_step)
+        if stacked and preemption.saved:
+            resume = "resume each member alone with python train.py <its overrides> ckpt_path=<its run dir>/checkpoints/interrupted.ckpt"
         raise RunInterrupted(f"{name} stopped the run at epoch {trainer.current_epoch}, step {trainer.global_step}; "
                              f"{resume}", int(preemption.signal)) from None
     finally:
         if trainer.is_global_zero:
-            record.update({**data_info, **stage_seconds}, seed=cfg.seed, devices=trainer.world_size,
-                          accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
-                          model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
-                          latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
-            if current_worker() is not None:  # a joblib worker's GPU and threads (vaelab.sweeps.workers)
-                record["worker"] = current_worker().as_record()
-            _write_record_keeping_the_error(run_dir, record, failing=failed)
-            finish_loggers(loggers, failed=failed)
+            for n, (cfg, member, record) in enumerate(zip(cfgs, members, records)):
+                seconds = stage_seconds if record["status"] != "failed" or not stacked else {"time/data_s": stage_seconds["time/data_s"]}
+                record.update({**data_info, **seconds}, seed=cfg.seed, devices=trainer.world_size,
+                              accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
+                              model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
+                              latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
+                if stacked:
+                    record["stacked"] = {"members": len(cfgs), "index": n}
+                if current_worker() is not None:  # a joblib worker's GPU and threads (vaelab.sweeps.workers)
+                    record["worker"] = current_worker().as_record()
+                _write_record_keeping_the_error(member.run_dir, record, failing=failed or record["status"] == "failed")
+                finish_loggers(member.loggers, failed=failed or record["status"] == "failed")
 
-    if trainer.is_global_zero:
-        log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
-                                          if "/" in k and isinstance(v, float) and not k.startswith("data/")))
-    metric = cfg.get("optimized_metric")
-    value = record.get(metric) if metric else None
-    return value if value is None or math.isfinite(value) else None
+    results = []
+    for cfg, record in zip(cfgs, records):
+        if trainer.is_global_zero and record["status"] == "completed":
+            log.info("metrics%s: %s", f" of {Path(record['run_dir']).name}" if stacked else "",
+                     ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
+                               if "/" in k and isinstance(v, float) and not k.startswith("data/")))
+        metric = cfg.get("optimized_metric")
+        value = record.get(metric) if metric and record["status"] == "completed" else None
+        results.append(MemberResult(record["status"], value if value is None or math.isfinite(value) else None,
+                                    record.get("error")))
+    return results
+
+
+def _best_epoch_metrics(member: Member) -> Optional[BestEpochMetrics]:
+    return next((c for c in member.callbacks if isinstance(c, BestEpochMetrics)), None)
+
+
+def _metrics(trainer: pl.Trainer, n: int, stacked: bool) -> dict[str, Any]:
+    """What the trainer's callback_metrics say of member n (all of them for a single run)."""
+    return member_metrics(trainer.callback_metrics, n) if stacked else trainer.callback_metrics
+
+
+def _record_fit(record: dict[str, Any], member: Member, module: LitAutoencoder, trainer: pl.Trainer) -> Optional[str]:
+    """A finished fit's numbers of `member` into its record; its best checkpoint's path."""
+    n, stacked = member.index, module.n > 1
+    if module.member_failed(n):
+        return None
+    metrics = _metrics(trainer, n, stacked)
+    record.update(_floats({k: v for k, v in metrics.items() if k.startswith(("train/", "time/"))}))
+    record.update(module.last_step_values[n])
+    best = _best_epoch_metrics(member)
+    record.update((best.metrics if best is not None else {}) or _floats({k: v for k, v in metrics.items()
+                                                                          if k.startswith("val/")}))
+    checkpoint = next((c for c in member.callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
+    return checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None

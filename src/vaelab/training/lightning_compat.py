@@ -12,11 +12,7 @@ before the run starts), the run if it has started (without starting it), its rec
 checkpoint files already logged, the artifact name it was given, and its metric-key prefix. The
 functions below are the only places that touch them.
 
-A stacked fit (training/stacked_module.py) saves each member's checkpoints as ModelCheckpoint
-would and must know when that is: the Trainer's time-based validation interval and the
-checkpoint callback's step, epoch and time intervals are private attributes too.
-
-Tests in tests/test_training_step.py, tests/test_wandb_resume.py and tests/test_stacked_runs.py fail with a clear message when
+Tests in tests/test_training_step.py and tests/test_wandb_resume.py fail with a clear message when
 a Lightning upgrade drops any of them; pyproject.toml pins pytorch-lightning to the minor version
 tested.
 """
@@ -92,24 +88,3 @@ def artifact_name(logger: WandbLogger) -> Optional[str]:
 def logged_keys(logger: WandbLogger, metrics: dict[str, Any]) -> frozenset[str]:
     """The keys under which `logger.log_metrics(metrics)` records the values (its prefix added)."""
     return frozenset(_add_prefix(dict(metrics), logger._prefix, logger.LOGGER_JOIN_CHAR))
-
-
-TRAINER_PRIVATE = ("_val_check_time_interval",)
-CHECKPOINT_PRIVATE = ("_every_n_train_steps", "_every_n_epochs", "_train_time_interval")
-
-
-def missing_checkpoint_schedule_attributes(trainer: pl.Trainer, callback: pl.callbacks.ModelCheckpoint) -> list[str]:
-    return ([f"Trainer.{name}" for name in TRAINER_PRIVATE if not hasattr(trainer, name)]
-            + [f"ModelCheckpoint.{name}" for name in CHECKPOINT_PRIVATE if not hasattr(callback, name)])
-
-
-def validates_on_a_timer(trainer: pl.Trainer) -> bool:
-    """Whether the Trainer validates every so much time (val_check_interval given as a duration)."""
-    return trainer._val_check_time_interval is not None
-
-
-def saves_every_epoch(callback: pl.callbacks.ModelCheckpoint) -> bool:
-    """Whether the checkpoint callback saves at every validation's epoch: no step or time interval,
-    every_n_epochs 1."""
-    return (not callback._every_n_train_steps and callback._every_n_epochs == 1
-            and callback._train_time_interval is None)

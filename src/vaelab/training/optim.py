@@ -13,6 +13,7 @@ On the CUDA-graph step the rate is a device tensor that the scheduler fills in p
 schedulers do that for tensor rates; Adam reads it when capturable): the graph sees each new value.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -192,3 +193,69 @@ class StackedAdam(torch.optim.Optimizer):
             torch._foreach_sub_(params, updates)
         return loss
 
+
+class MemberRates:
+    """The learning rates of a StackedAdam, whose member n gets at optimiser step t the rate its single
+    run's schedule (`make_lr_scheduler`) gives it from its own base rate lr_n:
+
+        constant  lr_n(t) = lr_n
+        cosine    lr_n(t) = lr_n · cosine_lr_factor(t, W, T, min_lr / lr_n)     (= m + (lr_n − m)·½(1 + cos …))
+        plateau   lr_n ← max(m, lr_n · factor) after `patience` validations without a better member-n value
+
+    computed as that run's scheduler computes it (the cosine: the same float products; plateau: a
+    torch ReduceLROnPlateau per member, over a stand-in optimiser at the member's rate), and kept in
+    the optimiser's param group: "lr" (and "initial_lr" under a cosine) as lists of N. `step()`
+    follows each optimiser step, `validated(values)` each validation (plateau); `member_state_dicts(n)`
+    is what member n's own scheduler would save (none for a constant rate)."""
+
+    def __init__(self, optimizer: StackedAdam, settings: dict[str, Any], lrs: Sequence[float], total_steps: int):
+        self.kind = settings.get("scheduler", "constant")
+        self.optimizer, self.lrs, self.last_epoch = optimizer, [float(r) for r in lrs], 0
+        self._template: Optional[dict[str, Any]] = None
+        self.factors: Optional[list] = None
+        self.plateaus: Optional[list[torch.optim.lr_scheduler.ReduceLROnPlateau]] = None
+        if self.kind == "cosine":
+            warmup, floor = int(settings.get("warmup_steps", 0)), float(settings.get("min_lr", 0.0))
+            self.factors = [functools.partial(cosine_lr_factor, warmup_steps=warmup, total_steps=int(total_steps),
+                                              min_factor=floor / lr) for lr in self.lrs]
+            # torch's bookkeeping keys of a LambdaLR just built (this torch version's), filled in per member.
+            stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            self._template = torch.optim.lr_scheduler.LambdaLR(stand_in, lambda t: 1.0).state_dict()
+            optimizer.param_groups[0]["initial_lr"] = list(self.lrs)
+        elif self.kind == "plateau":
+            self.plateaus = [make_lr_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr), settings, lr,
+                                               total_steps=0) for lr in self.lrs]
+        elif self.kind != "constant":
+            raise ValueError(f"optimizer.scheduler={self.kind} is not one of {', '.join(LR_SCHEDULERS)}")
+        self._set()  # the rates of step 0, as a LambdaLR sets them when it is built
+
+    def rate(self, n: int, step: int) -> float:
+        """Member n's rate at optimiser step `step` (what its single run's lr_of_step gives)."""
+        if self.plateaus is not None:
+            return float(self.plateaus[n].optimizer.param_groups[0]["lr"])
+        return self.lrs[n] if self.factors is None else self.lrs[n] * self.factors[n](step)
+
+    def _set(self) -> None:
+        self.optimizer.param_groups[0]["lr"] = [self.rate(n, self.last_epoch) for n in range(len(self.lrs))]
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        if self.factors is not None:  # a constant rate stays as it is, a plateau's changes at validations
+            self._set()
+
+    def validated(self, values: dict[int, float]) -> None:
+        """After a validation: member n's monitored value `values[n]` (members that stopped left out)."""
+        if self.plateaus is None:
+            return
+        for n, value in values.items():
+            self.plateaus[n].step(value)
+        self._set()
+
+    def member_state_dicts(self, n: int) -> list[dict[str, Any]]:
+        """The lr_schedulers entry of member n's single-run checkpoint: its scheduler's state, or []."""
+        if self.plateaus is not None:
+            return [self.plateaus[n].state_dict()]
+        if self._template is None:
+            return []
+        return [{**self._template, "base_lrs": [self.lrs[n]], "last_epoch": self.last_epoch,
+                 "_step_count": self.last_epoch + 1, "_last_lr": [self.rate(n, self.last_epoch)]}]

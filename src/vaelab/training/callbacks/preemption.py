@@ -40,6 +40,31 @@ log = logging.getLogger(__name__)
 WARNING_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
+# The Preemption callbacks set up in this process (a stack's members have one each), and the
+# handlers that `_dispatch` replaced while there are any: one handler tells them all, and the
+# process's own handlers come back when the last one is torn down, whatever the order.
+_listening: list["Preemption"] = []
+_replaced: dict = {}
+
+
+def _dispatch(signum, frame) -> None:
+    if not _listening:
+        # Lightning puts back the handlers it found when the fit started, ours among them, after an
+        # interrupted fit has left: the signal goes where it went before any fit.
+        signal.signal(signum, _replaced.get(signum, signal.SIG_DFL))
+        signal.raise_signal(signum)
+        return
+    first = all(p.received is None for p in _listening)
+    if not first:  # a second signal: stop now, maybe half-way through a step
+        for p in _listening:
+            p._forced = True
+        raise KeyboardInterrupt
+    for p in _listening:
+        p.received = signal.Signals(signum)
+    log.warning("%s: stopping after this batch with a resumable checkpoint%s", signal.Signals(signum).name,
+                " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
+
+
 def slurm_job_id() -> Optional[str]:
     """The id that `scontrol requeue` takes: <array job>_<task> for an array task, else the job's."""
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
@@ -55,25 +80,30 @@ class Preemption(pl.Callback):
         self.signal: Optional[signal.Signals] = None  # what stopped the run (this process's, or another rank's)
         self.received: Optional[signal.Signals] = None  # what this process got
         self.saved: Optional[Path] = None  # the checkpoint written for it
-        self._previous: dict = {}  # the handlers ours replace during the fit
         self._forced = False  # stopped at once: the weights may be half-updated, so nothing is saved
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, WARNING_SIGNAL)}
+        if stage == "fit" and threading.current_thread() is threading.main_thread() and self not in _listening:
+            if not _listening:
+                for number in (signal.SIGINT, WARNING_SIGNAL):
+                    previous = signal.signal(number, _dispatch)
+                    if previous is not _dispatch:  # not ours left behind by an interrupted fit
+                        _replaced[number] = previous
+            _listening.append(self)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
+        self._stop_listening()
 
-    def _on_signal(self, signum, frame) -> None:
-        if self.received is not None:  # a second signal: stop now, maybe half-way through a step
-            self._forced = True
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum)
-        log.warning("%s: stopping after this batch with a resumable checkpoint%s", self.received.name,
-                    " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
+    def _stop_listening(self) -> None:
+        """Leave `_dispatch`; the last to leave puts the process's handlers back, except where Lightning
+        put its own in the meantime (it ignores SIGINT while it shuts down after one)."""
+        if self not in _listening:
+            return
+        _listening.remove(self)
+        if not _listening:
+            for number, handler in _replaced.items():
+                if signal.getsignal(number) is _dispatch:
+                    signal.signal(number, handler)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
         # Before the next step, not at the end of this one: Lightning counts a batch as completed
@@ -98,10 +128,11 @@ class Preemption(pl.Callback):
         return signal.Signals(signum) if signum else None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop_listening()  # Lightning calls no teardown hook after an exception
         if isinstance(exception, SIGTERMException):
             self.signal = self.signal or signal.SIGTERM
-        elif isinstance(exception, KeyboardInterrupt):
-            self.signal = self.signal or signal.SIGINT
+        elif isinstance(exception, KeyboardInterrupt):  # ours (a stack's other member raised it), or Ctrl-C's
+            self.signal = self.signal or self.received or signal.SIGINT
         else:
             return
         if trainer.state.fn != TrainerFn.FITTING or self._forced:  # a finished fit has its checkpoints already
