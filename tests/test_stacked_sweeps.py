@@ -82,7 +82,7 @@ def test_the_plan_names_every_job_once():
 
 @pytest.mark.slow
 def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of_the_unstacked_sweep(shared_data_dir, tmp_path):
-    grid = ["model.beta=1,4", "seed=0,1"]
+    grid = ["model.beta=1,4", "seed=0,1", "logger.wandb.log_model=true"]
     sweeps = {}
     for launcher in ("stacked", "basic"):
         log_dir = tmp_path / launcher
@@ -118,9 +118,24 @@ def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of
         assert not {f"model.beta={5 - beta}", f"seed={1 - seed}"} & set(run["tags"])
         tested = [row["test/loss"] for row in run["history"] if "test/loss" in row]
         assert tested == [pytest.approx(a["test/loss"])]
+        # The same keys as the job's single run logs, panels and the KL histogram included, at the same steps.
+        (alone_file,) = alone.glob("wandb/offline-run-*/run-*.wandb")
+        single = summarize(alone_file)
+        assert _logged(run) == _logged(single)
+        keys = {key for key, _ in _logged(run)}
+        for logged in ("panels/reconstructions", "panels/prior_samples", "val/kl_per_dim"):  # images: <key>/path, ...
+            assert any(key == logged or key.startswith(logged + "/") for key in keys), logged
+        # Its checkpoints as W&B artifacts (log_model), as the single run logs them.
+        assert [(a["type"], sorted(a["aliases"])) for a in run["artifacts"]] == \
+            [(a["type"], sorted(a["aliases"])) for a in single["artifacts"]] != []
     # The summary cannot tell them apart: the same columns and values.
     rows = {launcher: (sweep / "summary.csv").read_text().splitlines() for launcher, sweep in sweeps.items()}
     assert rows["stacked"][0] == rows["basic"][0]
+
+
+def _logged(run: dict) -> set[tuple[str, int]]:
+    """(key, Lightning's step) of every value a W&B run logged, less W&B's own (_runtime, ...)."""
+    return {(key, row.get("trainer/global_step")) for row in run["history"] for key in row if not key.startswith("_")}
 
 
 @pytest.mark.slow

@@ -16,27 +16,21 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.sweeps.summary import flatten
+from vaelab.settings import flatten, is_setting
 
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
 # The data module that gives a stack's training batches one per member (MNISTDataModule.for_members).
 STACKED_DATA = "vaelab.data.MNISTDataModule"
-# Keys that say where a job's files go or what it is called, not what it trains.
-PER_JOB_KEYS = ("run_name", "paths", "logger", "hydra")
-
-
-def _is_shared(key: str) -> bool:
-    per_member = any(key == k for k in MEMBER_KEYS)
-    per_job = any(key == k or key.startswith(k + ".") for k in PER_JOB_KEYS)
-    return not per_member and not per_job
 
 
 def stack_key(cfg: DictConfig) -> str:
-    """Equal for jobs that can share one stack: their configs less the per-member and per-job keys."""
+    """Equal for jobs that can share one stack: their configs less the per-member settings and the
+    keys that do not define what trains (vaelab.settings.NOT_SETTINGS; the stack's logging interval
+    and progress bar are its first member's)."""
     container = OmegaConf.to_container(cfg, resolve=False)
-    shared = {k: v for k, v in flatten(container).items() if _is_shared(k)}
+    shared = {k: v for k, v in flatten(container).items() if is_setting(k, also_not=MEMBER_KEYS)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 

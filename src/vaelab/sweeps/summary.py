@@ -33,16 +33,13 @@ from omegaconf import OmegaConf
 
 from vaelab.files import markdown_table, write_text
 from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, logged_terms, read_record
+from vaelab.settings import flatten, is_setting
 
 log = logging.getLogger(__name__)
 
 CSV_FILE, MD_FILE = "summary.csv", "summary.md"
 SEEDS_CSV_FILE = "summary_by_seed.csv"  # one row per group of jobs that differ only in seed
 SEED_KEY = "seed"
-# Config keys that say where a run reads and writes or how it logs, not what it trains and
-# measures: runs that differ only in these and in `seed` are replicas of one setting.
-NOT_SETTINGS = (SEED_KEY, "paths", "run_name", "task_name", "optimized_metric", "logger", "data.data_dir",
-                "data.mirrors", "data.system_dir", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 # Exit code of a multirun in which at least one job failed (a single run's VaelabError exits 2).
 FAILED_SWEEP_EXIT_CODE = 1
 
@@ -106,18 +103,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]
 
 # -- groups of seeds (also used by vaelab.compare) -----------------------------------------------
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config container as {"dotted.key": value}; an empty mapping stays a value ({})."""
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat if flat or not prefix else {prefix[:-1]: {}}
-    return {prefix[:-1]: node}
-
-
 def _is_setting(key: str) -> bool:
-    return not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS)
+    return is_setting(key, also_not=(SEED_KEY,))
 
 
 # Parsed configs by (path, size, mtime): the summary is rewritten after every job of a sweep, and
