@@ -26,8 +26,14 @@ def check(cfg: DictConfig) -> None:
     check_train_config(cfg)
 
 
+def train_stack(cfgs):
+    from vaelab.tasks.train import train_stack  # imported here so that `--help` stays fast
+
+    return train_stack(cfgs)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@report_errors(check)
+@report_errors(check, train_stack)
 def main(cfg: DictConfig):
     from vaelab.tasks.train import run
 

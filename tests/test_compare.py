@@ -1,4 +1,4 @@
-"""`python -m vaelab.compare` on run directories laid out as train.py leaves them."""
+"""`python -m vaelab.reports.compare` on run directories laid out as train.py leaves them."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from vaelab.evaluation.compare import find_runs, load_runs
+from vaelab.reports.compare import find_runs, load_runs
 
 HEADER = ["epoch", "step", "test/kl", "test/loss", "test/nelbo", "test/recon", "train/kl", "train/loss", "train/nelbo",
           "train/recon", "train/recon_step", "val/active_units", "val/kl", "val/loss", "val/nelbo", "val/recon"]
@@ -58,7 +58,7 @@ def test_runs_of_a_sweep_are_found_and_read(sweep):
 
 def test_compare_writes_the_table_and_the_charts(sweep, tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "vaelab.compare", str(sweep / "0_vae-z4-beta1"), str(sweep / "1_vae-z4-beta4"),
+    result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", str(sweep / "0_vae-z4-beta1"), str(sweep / "1_vae-z4-beta4"),
                              str(sweep / "2_ae-z4"), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text = (out / "compare.md").read_text()
@@ -78,6 +78,6 @@ def test_compare_writes_the_table_and_the_charts(sweep, tmp_path):
 
 
 def test_compare_without_runs_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vaelab.compare", str(tmp_path)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no metrics.json in" in result.stderr

@@ -166,12 +166,12 @@ def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
     import subprocess
     import sys
 
-    from vaelab.evaluation.compare import load_runs
+    from vaelab.reports.compare import load_runs
 
     run_dirs_ = [evaluated[m][0] for m in ("vae", "ae")]
     runs = load_runs(run_dirs_)
     assert runs[0].curves["val/recon"][0][0] == 0 and "val/kl" in runs[0].curves and "val/kl" not in runs[1].curves
-    result = subprocess.run([sys.executable, "-m", "vaelab.compare", *map(str, run_dirs_), "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", *map(str, run_dirs_), "--out", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "compare.md").read_text()

@@ -323,7 +323,7 @@ def test_a_preempted_sweep_records_its_job_as_interrupted_and_starts_no_other(sh
     process.send_signal(signal.SIGTERM)
     output = "".join(process.communicate(timeout=120))
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
-    from vaelab.sweeps.summary import write_summary
+    from vaelab.reports.summary import write_summary
 
     rows = write_summary(sweep_dir)
     assert [row["status"] for row in rows] == ["interrupted"]  # job 1 was never started

@@ -95,7 +95,7 @@ def test_each_panel_has_its_size_and_is_not_blank(vae_run, panel):
 
 @pytest.mark.slow
 def test_diagnostics_and_panels_reach_wandb(vae_run):
-    from vaelab.wandb_offline import summarize
+    from vaelab.reports.wandb_offline import summarize
 
     (run_file,) = vae_run.glob("wandb/offline-run-*/run-*.wandb")
     history = summarize(run_file)["history"]

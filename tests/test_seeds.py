@@ -1,4 +1,4 @@
-"""Runs that differ only in seed: the sweep summary and `vaelab.compare` report mean ± std (n).
+"""Runs that differ only in seed: the sweep summary and `vaelab.reports.compare` report mean ± std (n).
 
 The reference numbers are computed here, by hand, from the jobs' metrics.json files with the
 statistics module (exact arithmetic), and compared with what summary_by_seed.csv, summary.md,
@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import REPO, run_entry_point, small_run_overrides
-from vaelab.evaluation.compare import group_runs, load_runs, find_runs, main as compare_main, rate_distortion_points
-from vaelab.sweeps.summary import CSV_FILE, MD_FILE, SEEDS_CSV_FILE, mean_std, write_summary
+from vaelab.reports.compare import group_runs, load_runs, find_runs, main as compare_main, rate_distortion_points
+from vaelab.reports.summary import CSV_FILE, MD_FILE, SEEDS_CSV_FILE, mean_std, write_summary
 
 slow = pytest.mark.slow
 

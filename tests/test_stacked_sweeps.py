@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from conftest import REPO, run_entry_point, small_run_overrides
 from vaelab.sweeps.stacked import describe_plan
 from vaelab.sweeps.stacking import group_jobs, why_not_stackable
-from vaelab.wandb_offline import summarize
+from vaelab.reports.wandb_offline import summarize
 
 
 def _grid(*sweep: str) -> list:

@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from conftest import REPO, run_entry_point, small_run_overrides
 from vaelab.sweeps import workers
 from vaelab.sweeps.jobs import _one_process
-from vaelab.sweeps.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, SweepSummary, main as summary_main, write_summary
-from vaelab.wandb_offline import summarize
+from vaelab.reports.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, SweepSummary, main as summary_main, write_summary
+from vaelab.reports.wandb_offline import summarize
 
 slow = pytest.mark.slow
 
@@ -242,7 +242,7 @@ def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(wandb_grid):
     # The helper rebuilds the same table from the directory alone.
     before = (sweep_dir / CSV_FILE).read_text()
     (sweep_dir / CSV_FILE).unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "vaelab.summary", str(sweep_dir)], capture_output=True, text=True)
+    rebuilt = subprocess.run([sys.executable, "-m", "vaelab.reports.summary", str(sweep_dir)], capture_output=True, text=True)
     assert rebuilt.returncode == 0, _output(rebuilt)
     assert (sweep_dir / CSV_FILE).read_text() == before
 
@@ -251,7 +251,7 @@ def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(wandb_grid):
 def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb_grid, capsys):
     from wandb_workspaces.workspaces import internal
 
-    from vaelab.dashboard import SPEC_FILE, describe, main as dashboard_main, read_run
+    from vaelab.reports.dashboard import SPEC_FILE, describe, main as dashboard_main, read_run
 
     assert dashboard_main([str(wandb_grid)]) == 0
     printed = capsys.readouterr().out
@@ -287,7 +287,7 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb
     view = internal.View.model_validate(spec["wandb_view"])
     assert view.spec.section.run_sets[0].filters["filters"][0]["value"] == group
     assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 4 + 1 + 1 + 1 + 1
-    assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.dashboard {wandb_grid}" in printed
+    assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.reports.dashboard {wandb_grid}" in printed
     # Runs given one by one: the view shows those runs, by their W&B ids, not their whole group.
     two = [read_run(job) for job in jobs[:2]]
     ids = [next(job.glob("wandb/offline-run-*")).name.rsplit("-", 1)[1] for job in jobs[:2]]

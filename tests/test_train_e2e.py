@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import N_TEST, N_TRAIN, one_device_test_losses, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
-from vaelab.wandb_offline import summarize
+from vaelab.reports.wandb_offline import summarize
 
 pytestmark = pytest.mark.slow
 

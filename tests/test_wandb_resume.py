@@ -1,6 +1,6 @@
 """A resume continues the W&B run, and log_model=true records the best checkpoint: real W&B in
 offline mode and a real Lightning Trainer through the entry point (in-process), read back from the
-`.wandb` files with vaelab.wandb_offline."""
+`.wandb` files with vaelab.reports.wandb_offline."""
 
 import base64
 import csv
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_dirs, run_entry_point_in_process, small_run_overrides
-from vaelab.wandb_offline import summarize
+from vaelab.reports.wandb_offline import summarize
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def test_log_model_records_the_best_checkpoint_as_an_artifact_offline(first_run)
 
 def test_a_run_file_cut_short_is_read_to_its_last_whole_record(first_run, tmp_path):
     """What a kill -9 leaves: the earlier attempt's file, which a resume reads back."""
-    from vaelab.wandb_offline import history
+    from vaelab.reports.wandb_offline import history
 
     whole = _wandb_file(first_run).read_bytes()
     rows = list(history(_wandb_file(first_run)))

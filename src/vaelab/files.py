@@ -1,4 +1,4 @@
-"""Writing files that other processes read: atomically, and markdown tables.
+"""Writing files that other processes read: atomically.
 
 Sweep jobs run at once (joblib), a killed run leaves what it wrote, a disk fills up, and
 readers (summaries, comparisons, the next run) may look at any moment: every file (records,
@@ -11,7 +11,7 @@ write that fails leaves the old file as it was.
 import errno
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -70,14 +70,3 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:
     """One JSON object, keys sorted; values JSON cannot hold (paths, ...) as strings."""
     return write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """The lines of a markdown table; cells are str()-ed, with `|` and newlines escaped."""
-    return ["| " + " | ".join(_cell(h) for h in header) + " |",
-            "|" + "---|" * len(header),
-            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)]

@@ -102,11 +102,14 @@ class SweptKeys(Callback):
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task), params))
 
 
+def slurm_gpus_per_node(accelerator: str, devices: Any) -> Any:
+    """`${slurm_gpus:<accelerator>,<devices>}` in conf/hydra/launcher/slurm.yaml: a CPU job asks for no GPU."""
+    return None if accelerator == "cpu" else devices
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("eval_name", checkpoint_run_name, replace=True)
     # Cached, as Hydra's ${now:} is: Lightning reads hydra.run.dir again to relaunch rank 1 into it.
     OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True, use_cache=True)
-    from vaelab.sweeps.slurm import gpus_per_node  # not a name; registered with the names, once
-
-    OmegaConf.register_new_resolver("slurm_gpus", gpus_per_node, replace=True)
+    OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus_per_node, replace=True)

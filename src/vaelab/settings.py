@@ -9,6 +9,9 @@ from typing import Any
 NOT_SETTINGS = ("paths", "run_name", "task_name", "optimized_metric", "logger", "hydra", "data.data_dir",
                 "data.mirrors", "data.system_dir", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 
+# Overrides that say where things are, not what is trained: no W&B tag, no dashboard axis.
+LOCATION_KEYS = ("paths.", "data.data_dir", "data.mirrors", "data.system_dir", "ckpt_path", "hydra.", "hydra/")
+
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """A nested config container as {"dotted.key": value}; an empty mapping stays a value ({})."""

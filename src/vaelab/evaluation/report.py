@@ -3,7 +3,8 @@
 from pathlib import Path
 from typing import Any
 
-from vaelab.files import markdown_table, write_text
+from vaelab.files import write_text
+from vaelab.reports.tables import markdown_table
 
 
 def _num(value: Any, digits: int = 3) -> str:

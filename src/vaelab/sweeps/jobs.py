@@ -37,6 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from vaelab.errors import RunInterrupted, VaelabError
+from vaelab.settings import LOCATION_KEYS
 from vaelab.rundir import METRICS_FILE, cluster_tasks, is_rank_zero_process, read_record, write_record
 from vaelab.sweeps.workers import sweep_environment, take_worker_slot
 
@@ -44,8 +45,6 @@ log = logging.getLogger("vaelab")
 
 # Set for the process that runs one multi-device sweep job: its W&B group, and that it is a job.
 SWEEP_GROUP_ENV = "VAELAB_SWEEP_GROUP"
-# Overrides that say where things are, not what is trained: not worth a W&B tag.
-LOCATION_KEYS = ("paths.", "data.data_dir", "data.mirrors", "data.system_dir", "ckpt_path", "hydra.", "hydra/")
 _MAX_TAG_LENGTH = 64  # W&B rejects longer tags
 
 
@@ -165,7 +164,7 @@ def run_sweep_job(check: Callable[[DictConfig], None], task: Callable[[DictConfi
     """Check and run one multirun job; a failure is logged and recorded, and the sweep goes on.
 
     Returns the optimised metric, or None for a failed job (the Optuna sweeper records such a
-    trial as failed). `vaelab.sweeps.summary.SweepSummary` makes the sweep's exit code non-zero.
+    trial as failed). `vaelab.reports.summary.SweepSummary` makes the sweep's exit code non-zero.
     """
     try:
         check(cfg)  # a bad value fails here with its message, before any data or process

@@ -37,11 +37,6 @@ RESULT_GRACE_S = 5.0  # a result written just before the job ended can reach a s
 MAX_POLL_S = 10.0
 
 
-def gpus_per_node(accelerator: str, devices: Any) -> Any:
-    """`${slurm_gpus:<accelerator>,<devices>}` in conf/hydra/launcher/slurm.yaml: a CPU job asks for no GPU."""
-    return None if accelerator == "cpu" else devices
-
-
 def rank_settings(sweep_config: DictConfig) -> None:
     """What this task of the job writes: everything for rank 0; for rank r > 0 neither `.hydra/`
     nor `train.log`, but its own `train_ddp_process_<r>.log` (vaelab.rundir.rank_hydra_settings)."""

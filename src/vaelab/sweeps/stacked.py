@@ -90,7 +90,6 @@ class _MemberJob:
         if wandb is not None:  # its W&B run is built with the others, under the last member's Hydra config
             wandb.group = wandb.get("group") or sweep_group()
             wandb.tags = list(dict.fromkeys([*(wandb.get("tags") or []), *override_tags()]))
-            wandb.tags_from_overrides = False
 
     def job_return(self, status: JobStatus, value: Any) -> JobReturn:
         ret = JobReturn()
@@ -122,8 +121,7 @@ def _log_to_every_member(members: list[_MemberJob]) -> list[logging.Handler]:
 def run_stack(hydra_context: HydraContext, task_function: TaskFunction, configs: list[DictConfig],
               check: Optional[Callable[[DictConfig], None]]) -> list[JobReturn]:
     """Train the jobs `configs` as one stack; one JobReturn per job, in order."""
-    from vaelab.tasks.train import train_stack  # imports Lightning: only when a stack trains
-
+    train_stack = getattr(task_function, "train_stack")  # vaelab.tasks.cli.report_errors puts it there
     callbacks = hydra_context.callbacks
     original = HydraConfig.instance().cfg
     members = [_MemberJob(config) for config in configs]
@@ -183,6 +181,8 @@ def launch(hydra_context: HydraContext, task_function: TaskFunction, config: Dic
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     configs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx)
     stacks, alone = group_jobs(configs)
+    if getattr(task_function, "train_stack", None) is None:  # eval.py: nothing to stack
+        stacks, alone = [], {i: "this entry point trains no stacks" for i in range(len(configs))}
     for line in describe_plan(configs, stacks, alone):
         log.info("%s", line)
     check = getattr(task_function, "check", None)  # vaelab.tasks.cli.report_errors puts it there

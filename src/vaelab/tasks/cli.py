@@ -96,8 +96,9 @@ def rank_overrides(argv: list[str]) -> list[str]:
     return [f"{key}={'null' if value is None else value}" for key, value in rank_hydra_settings().items()]
 
 
-def report_errors(check: Callable[[DictConfig], None]):
-    """Wrap a Hydra task function: `check(cfg)` first, then the task.
+def report_errors(check: Callable[[DictConfig], None], train_stack: Optional[Callable] = None):
+    """Wrap a Hydra task function: `check(cfg)` first, then the task. `train_stack(cfgs)` trains
+    jobs as one stack (train.py's: vaelab.tasks.train.train_stack); the stacked launcher uses it.
 
     A single run that fails with a VaelabError (a value the check refuses, missing data, a NaN
     loss) ends with its message and exit code 2. A multirun job's failure is logged and recorded
@@ -129,6 +130,7 @@ def report_errors(check: Callable[[DictConfig], None]):
                 sys.exit(getattr(err, "exit_code", 2))  # 2, or 128 + signal for an interrupted run
 
         wrapper.check = check  # the stacked launcher checks each member before the stack trains
+        wrapper.train_stack = train_stack  # and trains the stack with it (vaelab.sweeps.stacked)
         return wrapper
 
     return decorate

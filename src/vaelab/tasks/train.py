@@ -30,7 +30,7 @@ from vaelab.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpo
 from vaelab.errors import RunInterrupted, VaelabError
 from vaelab.rundir import (cluster_tasks, interrupted_checkpoint, is_rank_zero_process, is_requeued_job, lock_run_dir,
                            refuse_earlier_run, release_run_dir, write_record)
-from vaelab.sweeps.jobs import trainer_processes
+from vaelab.sweeps.jobs import override_tags, sweep_group, trainer_processes
 from vaelab.sweeps.stacking import check_stack
 from vaelab.sweeps.workers import current_worker
 from vaelab.tasks.build import build, build_each
@@ -158,12 +158,19 @@ def _build_module(cfgs: list[DictConfig], image_shape: list[int], optimizer: Opt
 
 
 def _build_loggers(cfg: DictConfig, stacked: bool) -> list:
-    """The job's loggers; in a stack, its W&B run is one of several that this process holds at once."""
-    if not stacked:
-        return build_each("logger", cfg.get("logger"))
-    return [build(f"logger.{name}", node, **({"reinit": "create_new"} if str(node.get("_target_")).endswith("WandbLogger")
-                                             else {}))
-            for name, node in (cfg.get("logger") or {}).items() if node is not None]
+    """The job's loggers. Its W&B run gets the sweep's group and the job's override tags (a stack's
+    members have theirs in their configs already: the stacked launcher puts them there) and, in a
+    stack, is one of several W&B runs that this process holds at once."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        wandb: dict[str, Any] = {}
+        if str(node.get("_target_")).endswith("WandbLogger"):
+            wandb = {"reinit": "create_new"} if stacked else {
+                "group": node.get("group") or sweep_group(), "tags": [*(node.get("tags") or []), *override_tags()]}
+        loggers.append(build(f"logger.{name}", node, **wandb))
+    return loggers
 
 
 def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],

@@ -25,7 +25,6 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from vaelab.sweeps.jobs import override_tags, sweep_group
 from vaelab.training.lightning_compat import (artifact_name, logged_checkpoint_times, logged_keys, set_wandb_run_id,
                                               started_wandb_run, wandb_init_arguments)
 
@@ -41,10 +40,10 @@ def wandb_online() -> bool:
 
 
 class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger, offline unless WANDB_MODE=online, grouped and tagged by the sweep.
-
-    All jobs of a sweep share one group (a `group` set in the config wins), and each run is
-    tagged with its overrides (`model=ae`, `model.beta=4`) after the config's own `tags`.
+    """Lightning's WandbLogger, offline unless WANDB_MODE=online, in the `group` and with the `tags`
+    the train task hands it: all jobs of a sweep share one group (a `group` set in the config wins),
+    and each run is tagged with its overrides (`model=ae`, `model.beta=4`) after the config's own
+    `tags` (vaelab.sweeps.jobs: sweep_group, override_tags).
 
     `log_model=true` logs the best checkpoint (the one `trainer.test` uses) as the artifact
     `model-<run id>` (aliases `best`, `latest`) once, at the end of a fit that finished. Offline the
@@ -55,17 +54,14 @@ class WandbLogger(LightningWandbLogger):
     """
 
     def __init__(self, group: Optional[str] = None, tags: Sequence[str] = (), log_model: Union[bool, str] = False,
-                 add_file_policy: Optional[str] = None, tags_from_overrides: bool = True, **kwargs: Any):
+                 add_file_policy: Optional[str] = None, **kwargs: Any):
         online = wandb_online()
         if not online:
             os.environ["WANDB_MODE"] = "offline"
-        # `tags_from_overrides=False`: the caller put this run's override tags into `tags` (the members
-        # of a stack are built in one process, under the last member's Hydra config).
-        overrides = override_tags() if tags_from_overrides else []
         # Lightning refuses log_model with its offline flag; W&B records artifacts offline too, so the
         # mode goes to wandb.init instead.
-        super().__init__(offline=False, mode=None if online else "offline", group=group or sweep_group(),
-                         tags=list(dict.fromkeys([*tags, *overrides])), log_model=log_model,
+        super().__init__(offline=False, mode=None if online else "offline", group=group,
+                         tags=list(dict.fromkeys(tags)), log_model=log_model,
                          add_file_policy=add_file_policy or ("immutable" if log_model is True else "mutable"), **kwargs)
         self._best_only = log_model is True  # log the tested checkpoint once, not Lightning's choice
         self._earlier_logs: list[str] = []  # the transaction logs of the attempts this run resumes
@@ -99,7 +95,7 @@ class WandbLogger(LightningWandbLogger):
     def _rows_already_logged(self) -> set[tuple[int, frozenset[str]]]:
         """(step, metric names) of the rows the earlier attempts logged at or after the checkpoint."""
         if self._already_logged is None:
-            from vaelab.wandb_offline import history
+            from vaelab.reports.wandb_offline import history
 
             self._already_logged = set()
             for path in self._earlier_logs:

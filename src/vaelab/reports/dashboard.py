@@ -1,8 +1,8 @@
 """W&B dashboards as code: a workspace view of a sweep (or of chosen runs), built from what the runs logged.
 
-    python -m vaelab.dashboard outputs/multirun/<date>/<time>        # a sweep's runs
-    python -m vaelab.dashboard <run dir> <run dir> ... [--out DIR] [--name NAME]
-    WANDB_MODE=online python -m vaelab.dashboard <the same>          # publish (after wandb login and sync)
+    python -m vaelab.reports.dashboard outputs/multirun/<date>/<time>        # a sweep's runs
+    python -m vaelab.reports.dashboard <run dir> <run dir> ... [--out DIR] [--name NAME]
+    WANDB_MODE=online python -m vaelab.reports.dashboard <the same>          # publish (after wandb login and sync)
 
 The view (the `wandb-workspaces` library, built without a network) is filtered to the sweep's
 W&B group, or to the given runs' ids, and has five sections:
@@ -34,13 +34,13 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from vaelab.evaluation.compare import find_runs
+from vaelab.reports.compare import find_runs
 from vaelab.files import write_json
 from vaelab.rundir import read_record
-from vaelab.sweeps.jobs import LOCATION_KEYS
-from vaelab.wandb_offline import summarize
+from vaelab.settings import LOCATION_KEYS
+from vaelab.reports.wandb_offline import summarize
 
-log = logging.getLogger("vaelab.dashboard")
+log = logging.getLogger("vaelab.reports.dashboard")
 
 SPEC_FILE = "dashboard.json"
 TERMS = ("recon", "kl", "nelbo", "loss")  # the loss components, in the order drawn
@@ -273,7 +273,7 @@ def _common_folder(dirs: list[Path]) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vaelab.dashboard", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vaelab.reports.dashboard", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
     parser.add_argument("--out", type=Path, default=None, help=f"where {SPEC_FILE} goes (default: the runs' common folder)")
     parser.add_argument("--name", default=None, help="the view's name (default: the sweep's W&B group)")
@@ -313,7 +313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"wrote {path}: {len(description['sections'])} sections, the view W&B would store")
     print("to publish it (online, logged in):")
     print(f"    wandb sync {offline_runs}")
-    print(f"    WANDB_MODE=online python -m vaelab.dashboard {' '.join(str(p) for p in args.paths)}")
+    print(f"    WANDB_MODE=online python -m vaelab.reports.dashboard {' '.join(str(p) for p in args.paths)}")
     return 0
 
 

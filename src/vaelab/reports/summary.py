@@ -1,6 +1,6 @@
 """One table per sweep: `summary.csv` and `summary.md` in the sweep directory.
 
-    python -m vaelab.summary outputs/multirun/<date>/<time>     # rebuild it for any sweep dir
+    python -m vaelab.reports.summary outputs/multirun/<date>/<time>     # rebuild it for any sweep dir
 
 Each job directory of the sweep (`<sweep dir>/<num>_<run name>/`) gives one row, read from
 its `.hydra/overrides.yaml` and `metrics.json` only, so the table can be rebuilt at any time,
@@ -12,7 +12,7 @@ sample standard deviation (n − 1) of every metric over the group's completed j
 n, and how many of its jobs failed (failed, interrupted or missing). Jobs are grouped by their
 settings (`settings`: the config Hydra saved, less `seed` and the keys that only say where
 files are or how the run logs), so a seed set in a config file groups as well as one on the
-command line; `vaelab.compare` groups runs the same way.
+command line; `vaelab.reports.compare` groups runs the same way.
 Rewritten after every job of a multirun by `SweepSummary`, a Hydra callback (conf/hydra/default.yaml).
 Imports nothing heavy: Hydra instantiates the callback for every run, and `--help` stays fast.
 """
@@ -31,7 +31,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from vaelab.files import markdown_table, write_text
+from vaelab.files import write_text
+from vaelab.reports.tables import markdown_table
 from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, logged_terms, read_record
 from vaelab.settings import flatten, is_setting
 
@@ -101,7 +102,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]
     return rows, names, common
 
 
-# -- groups of seeds (also used by vaelab.compare) -----------------------------------------------
+# -- groups of seeds (also used by vaelab.reports.compare) -----------------------------------------------
 
 def _is_setting(key: str) -> bool:
     return is_setting(key, also_not=(SEED_KEY,))
@@ -341,7 +342,7 @@ class EvalSweepExit(Callback):
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m vaelab.summary <sweep dir>   (e.g. outputs/multirun/<date>/<time>)", file=sys.stderr)
+        print("usage: python -m vaelab.reports.summary <sweep dir>   (e.g. outputs/multirun/<date>/<time>)", file=sys.stderr)
         return 2
     sweep_dir = Path(argv[0])
     if not job_dirs(sweep_dir):

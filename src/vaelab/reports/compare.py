@@ -1,7 +1,7 @@
 """Compare finished runs without the network: a table of final metrics, curves and the rate–distortion plot.
 
-    python -m vaelab.compare outputs/multirun/2024-01-01/10-00-00          # every run of a sweep
-    python -m vaelab.compare <run dir> <run dir> ... --out my-comparison
+    python -m vaelab.reports.compare outputs/multirun/2024-01-01/10-00-00          # every run of a sweep
+    python -m vaelab.reports.compare <run dir> <run dir> ... --out my-comparison
 
 Reads each run's metrics.json and csv/metrics.csv (the records train.py leaves) and writes
 compare.md with PNGs beside it: recon, kl and nelbo against epoch (one chart each, all runs
@@ -9,7 +9,7 @@ overlaid; solid: validation, dashed: training) and kl against recon, one point p
 W&B runs carry the same numbers under the same names.
 
 Runs that differ only in `seed` (their saved configs, .hydra/config.yaml, are equal but for the
-seed and the keys that say where files are: vaelab.sweeps.summary.seed_group_key) form a group:
+seed and the keys that say where files are: vaelab.reports.summary.seed_group_key) form a group:
 compare.md gets a table "Across seeds" with one row per group (mean ± sample std (n) of each
 metric over its completed runs) below the per-run table, the curves show a group's mean with a
 ±1 std band, and the rate–distortion chart one point per group at its mean with ±1 std error
@@ -34,9 +34,10 @@ from typing import Any, Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vaelab.files import markdown_table, write_text
+from vaelab.files import write_text
+from vaelab.reports.tables import markdown_table
 from vaelab.rundir import METRICS_FILE, logged_terms  # light modules: compare loads no torch
-from vaelab.sweeps.summary import SEED_KEY, MeanStd, mean_std, run_config, settings, settings_key
+from vaelab.reports.summary import SEED_KEY, MeanStd, mean_std, run_config, settings, settings_key
 
 Progress = Optional[Callable[[str], None]]  # called with one line per stage; None: quiet
 PROGRESS_FROM_RUNS = 5  # the command line prints a line per stage (with its time) from this many runs on
@@ -383,7 +384,7 @@ def write_compare(runs: list[Run], out: Path, progress: Progress = None) -> Path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vaelab.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vaelab.reports.compare", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories holding runs")
     parser.add_argument("--out", type=Path, default=None,
                         help="where compare.md and the PNGs go (default: outputs/compare/<date>_<time>)")
