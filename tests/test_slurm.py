@@ -277,10 +277,18 @@ def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_clu
         assert 0 < interrupted["global_step"] < LONG_EPOCHS * 8
 
         # vaelab ran the real `scontrol requeue`: SLURM holds the job back (BeginTime, 2 minutes, time for the
-        # nodes to clean up), then restarts it. The test skips the wait once the first attempt is gone.
+        # nodes to clean up), then restarts it. The test skips the wait once the first attempt is gone, but not
+        # within the wall-clock second in which SLURM killed it: the node revokes the job's credential as of
+        # that second and refuses a launch whose new credential dates from it ("Killing non-startable batch
+        # JobId=...: Job credential revoked" in slurmctld.log). The job then ends for good (FAILED, Restarts=1,
+        # no task started) and the sweep rightly reports it failed: this test used to fail so whenever the
+        # first attempt exited quickly. SLURM's own BeginTime delay never meets that. The kill reached the node
+        # before the job left COMPLETING, so a start from the second after the job settled is always safe.
         def restarted() -> bool:
             job = _slurm(slurm_cluster, "scontrol", "show", "job", slurm_id)
             if "Restarts=1" in job and "JobState=PENDING Reason=BeginTime" in job and _settled(slurm_cluster, slurm_id):
+                settled_at = time.time()
+                time.sleep(int(settled_at) + 1 - settled_at)
                 _slurm(slurm_cluster, "scontrol", "update", f"JobId={slurm_id}", "StartTime=now")
             return "Restarts=1" in job and "JobState=PENDING" not in job and "JobState=COMPLETING" not in job
 

@@ -93,6 +93,11 @@ def wait(jobs: Sequence[Any]) -> None:
         if problem is not None and problem != said:  # each new problem once, not at every poll
             log.warning("squeue failed (%s); asking again", problem)
         said = problem
+        # A requeued job never looks ended here. Through `scontrol requeue` squeue lists it (Slurm 22.05) as
+        # RUNNING, COMPLETING (Restarts already 1), PENDING (Reason BeginTime, then None once eligible;
+        # `requeuehold` also shows PENDING), RUNNING again: listed all along, never in ENDED_STATES. A job
+        # that shows an ended state after a requeue (FAILED, Restarts=1, when SLURM could not launch it
+        # again) has ended for good, so Restarts, Reason and BeginTime need no special case.
         for job in waiting if states is not None else ():
             if states.get(job.job_id, "COMPLETED").split("+")[0] in ENDED_STATES:
                 ended_at.setdefault(job.job_id, now)
