@@ -3,6 +3,7 @@
     python bench/bench_epoch.py                                  # the GPU if there is one, else CPU
     python bench/bench_epoch.py --batch-sizes 128 --epochs 3 --rounds 2
     python bench/bench_epoch.py --loops plain vaelab vaelab-ddp2 # 1 vs 2 devices (CPU: 2 processes)
+    python bench/bench_epoch.py --loops vaelab-default --base .base   # this tree's default run beside another tree's
 
 All loops train the same model (MLP 784-400-20 VAE, Adam 1e-3, bce loss) on the same 60,000
 training images:
@@ -24,6 +25,9 @@ training images:
 every loop for 1 warm-up epoch + --epochs timed epochs, loops interleaved; the table gives the
 median seconds per timed epoch and the ratios of the medians; with --rounds >= 2 also the
 ratio within each round (loops of one round run minutes apart at most) and its median.
+--base DIR adds `base-<loop>` for each vaelab loop: the same `train.py` run from the tree in DIR (an
+earlier commit: `mkdir .base && git archive <commit> | tar -x -C .base`), interleaved with this
+tree's, and prints this tree's epoch over the base's.
 """
 
 import argparse
@@ -219,7 +223,7 @@ def graph_loop(data_root: Path, batch_size: int, device: torch.device):
 
 # -- (c) vaelab ----------------------------------------------------------------------------
 def vaelab_loop(data_root: Path, batch_size: int, device: torch.device, extra: list[str], devices: int = 1,
-                default: bool = False):
+                default: bool = False, tree: Path = REPO):
     """`python train.py` itself, in a subprocess; epoch times come from vaelab's EpochTimer.
 
     Stripped (validation, checkpoints, panels, progress bar off) unless `default`: then as shipped,
@@ -242,8 +246,9 @@ def vaelab_loop(data_root: Path, batch_size: int, device: torch.device, extra: l
 
     def epochs(n: int) -> list[float]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-        result = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides, f"trainer.max_epochs={n}"],
-                                cwd=REPO, env=env, capture_output=True, text=True)
+        env["PYTHONPATH"] = str(tree / "src")  # the tree's own vaelab, whatever is installed
+        result = subprocess.run([sys.executable, str(tree / "train.py"), *overrides, f"trainer.max_epochs={n}"],
+                                cwd=tree, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"train.py failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
         with (out_dir / "run" / "csv" / "metrics.csv").open() as f:
@@ -306,6 +311,7 @@ def main() -> None:
                         help="any of examples plain graph vaelab vaelab-eager vaelab-ddp2 vaelab-default")
     parser.add_argument("--vaelab-args", nargs="*", default=[], help="extra overrides for train.py, e.g. trainer.precision=bf16-mixed")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--base", type=Path, default=None, help="a tree whose vaelab loops run beside this one's (e.g. .base)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -319,12 +325,18 @@ def main() -> None:
             "examples": lambda: examples_loop(data_root, batch_size, device),
             "plain": lambda: plain_loop(data_root, batch_size, device),
             "graph": lambda: graph_loop(data_root, batch_size, device),
-            "vaelab": lambda: vaelab_loop(data_root, batch_size, device, args.vaelab_args),
-            "vaelab-eager": lambda: vaelab_loop(data_root, batch_size, device, [*args.vaelab_args, "model.cuda_graph=false"]),
-            "vaelab-ddp2": lambda: vaelab_loop(data_root, batch_size, device, args.vaelab_args, devices=2),
-            "vaelab-default": lambda: vaelab_loop(data_root, batch_size, device, args.vaelab_args, default=True),
         }
+        vaelab_loops = {"vaelab": dict(extra=args.vaelab_args),
+                        "vaelab-eager": dict(extra=[*args.vaelab_args, "model.cuda_graph=false"]),
+                        "vaelab-ddp2": dict(extra=args.vaelab_args, devices=2),
+                        "vaelab-default": dict(extra=args.vaelab_args, default=True)}
+        trees = {"": REPO, **({"base-": args.base.resolve()} if args.base else {})}
+        for name, settings in vaelab_loops.items():
+            for prefix, tree in trees.items():  # with --base, each vaelab loop again from that tree
+                factories[prefix + name] = (lambda settings=settings, tree=tree:
+                                            vaelab_loop(data_root, batch_size, device, tree=tree, **settings))
         names = [n for n in args.loops if n != "graph" or device.type == "cuda"]
+        names = [p + n for n in names for p in (trees if n in vaelab_loops else [""])]
         loops = {}
         for name in names:
             try:
@@ -367,6 +379,10 @@ def main() -> None:
             print(f"  vaelab-default: whole epoch / its training batches = {sum(whole) / sum(train):.3f} "
                   f"(per epoch: {' '.join(f'{r:.2f}' for r in ratios)}); training batches {statistics.median(train):.3f} s")
             # Not divided by the other loops: they train on 59,999 images, the default on 55,000.
+        for name in vaelab_loops:
+            if name in medians and f"base-{name}" in medians:
+                print(f"  {name}: this tree / {args.base.name} = {medians[name] / medians['base-' + name]:.3f}"
+                      f"{paired(name, 'base-' + name)}")
     shutil.rmtree(root, ignore_errors=True)
 
 

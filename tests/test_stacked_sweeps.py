@@ -2,6 +2,9 @@
 real entry point (the numbers of a stack against single runs: tests/test_stacked_runs.py)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -151,3 +154,22 @@ def test_a_member_refused_by_the_config_check_fails_alone_and_the_other_trains_a
                      for name in ("0_vae-z4-beta1", "1_vae-z4-beta-1"))
     assert first["status"] == "completed" and "stacked" not in first  # one member left: an ordinary run
     assert second["status"] == "failed" and "model.beta=-1 must be" in second["error"]
+
+
+@pytest.mark.slow
+def test_a_stacked_sweep_runs_inside_one_slurm_job(slurm_cluster, shared_data_dir, tmp_path):
+    """The README's way to stack on a cluster: the whole stacked sweep as one SLURM job (here srun's)."""
+    command = ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--partition=debug", sys.executable,
+               str(REPO / "train.py"), "-m", *small_run_overrides(shared_data_dir, tmp_path), "trainer.max_epochs=1",
+               "logger=csv", "model.beta=1,4", "hydra/launcher=stacked"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "MASTER_"))}
+    result = subprocess.run(command, env={**env, **slurm_cluster.env}, cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "2 jobs: 1 stack(s) of 2 jobs, 0 alone" in output
+    (sweep,) = [p for p in tmp_path.glob("multirun/*/*") if p.is_dir()]
+    for index, name in enumerate(["0_vae-z4-beta1", "1_vae-z4-beta4"]):
+        record = json.loads((sweep / name / "metrics.json").read_text())
+        assert record["status"] == "completed" and record["stacked"] == {"members": 2, "index": index}
+        assert (sweep / name / "checkpoints" / "last.ckpt").is_file()

@@ -221,7 +221,8 @@ class Stack(nn.Module):
             return None
         if self.generators is None:
             return torch.randn((self.n, *shape), dtype=like.dtype, device=like.device)
-        return torch.stack([torch.randn(shape, generator=g, dtype=like.dtype, device=like.device)
+        # Drawn where each generator lives (the training device, as train.py builds them), then moved.
+        return torch.stack([torch.randn(shape, generator=g, dtype=like.dtype, device=g.device).to(like.device)
                             for g in self.generators])
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

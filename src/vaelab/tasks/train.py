@@ -141,9 +141,9 @@ def _locked(cfgs: list[DictConfig], extra_callbacks: Sequence[pl.Callback] = ())
 
 
 def _build_module(cfgs: list[DictConfig], image_shape: list[int], optimizer: Optional[dict],
-                  clipping: dict[str, Any]) -> tuple[LitAutoencoder, Optional[list]]:
+                  clipping: dict[str, Any], device: Any = "cpu") -> tuple[LitAutoencoder, Optional[list]]:
     """The LightningModule, as each job's single run builds its model (seed, then build); a stack's
-    members also get the generator their single run draws its noise from."""
+    members also get the generator their single run draws its noise from, on the training `device`."""
     def build_one(cfg: DictConfig) -> LitAutoencoder:
         return build("model", cfg.model, image_shape=image_shape, pixel_range=list(cfg.data.pixel_range),
                      optimizer=optimizer, **clipping)
@@ -152,7 +152,7 @@ def _build_module(cfgs: list[DictConfig], image_shape: list[int], optimizer: Opt
         return build_one(cfgs[0]), None
     from vaelab.models.stack import member_from_seed
 
-    built = [member_from_seed(lambda cfg=cfg: build_one(cfg), int(cfg.seed)) for cfg in cfgs]
+    built = [member_from_seed(lambda cfg=cfg: build_one(cfg), int(cfg.seed), device) for cfg in cfgs]
     generators = [generator for _, generator in built]
     return LitAutoencoder.stack([module for module, _ in built], generators), generators
 
@@ -193,9 +193,8 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
     if checkpoint is not None:  # before any training: a file that is unreadable, unsafe or of another model is one line
         model_keys = {k: v for k, v in OmegaConf.to_container(shared.model, resolve=True).items() if k != "_target_"}
         check_resumable(checkpoint, ckpt_path, model_keys, optimizer, clipping, list(datamodule.image_shape))
-    module, generators = _build_module(cfgs, list(datamodule.image_shape), optimizer, clipping)
-    if generators is not None:
-        datamodule.for_members([cfg.seed for cfg in cfgs], generators)
+    if not stacked:
+        module, _ = _build_module(cfgs, list(datamodule.image_shape), optimizer, clipping)
     members = [Member(i, run_dir, _build_loggers(cfg, stacked), build_each("callbacks", cfg.get("callbacks")))
                for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs))]
     if checkpoint is not None:  # a resume logs into the checkpoint's W&B run (vaelab.training.loggers)
@@ -210,6 +209,10 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
     trainer_cfg, strategy = trainer_settings(shared.trainer)
     trainer: pl.Trainer = build("trainer", trainer_cfg, logger=loggers, callbacks=[*callbacks, *extra_callbacks],
                                 plugins=[AtomicCheckpointIO()], **strategy, **views, **{key: None for key in clipping})
+    if stacked:  # its members' noise generators live on the device it trains on
+        module, generators = _build_module(cfgs, list(datamodule.image_shape), optimizer, clipping,
+                                           trainer.strategy.root_device)
+        datamodule.for_members([cfg.seed for cfg in cfgs], generators)
     for cfg, member in zip(cfgs, members):
         log_hyperparameters(member.loggers, {**OmegaConf.to_container(cfg, resolve=True), "data_used": data_info})
 
