@@ -146,21 +146,24 @@ def main() -> None:
     def jobs_of(launcher: str) -> int:
         return args.basic_jobs if launcher == "basic" and args.basic_jobs else args.jobs
 
+    def trees_of(launcher: str) -> list[Path]:  # a tree older than issue 14 has no stacked launcher
+        return [t for t in trees if launcher != "stacked" or (t / "conf/hydra/launcher/stacked.yaml").exists()]
+
     walls: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for launcher in args.launchers:
-            for tree in trees if launcher != "stacked" else [REPO]:  # an earlier tree has no stacked launcher
+            for tree in trees_of(launcher):
                 wall = hydra_sweep(tree, launcher, jobs_of(launcher), args.betas, args.n_jobs, overrides, work)
                 walls.setdefault((tree.name, launcher), []).append(wall)
                 print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s", flush=True)
     print(f"\nmedian of {args.rounds}: wall s, jobs/hour")
     for launcher in args.launchers:
         per_hour = {}
-        for tree in trees if launcher != "stacked" else [REPO]:
+        for tree in trees_of(launcher):
             wall = statistics.median(walls[(tree.name, launcher)])
             per_hour[tree.name] = 3600 * jobs_of(launcher) / wall
             print(f"  {tree.name:10s} {launcher:7s} {wall:7.1f} s  {per_hour[tree.name]:7.0f} jobs/hour ({jobs_of(launcher)} jobs)")
-        if args.base and launcher != "stacked":
+        if len(per_hour) == 2:
             print(f"  {launcher}: this tree / {args.base.name} = {per_hour[REPO.name] / per_hour[trees[1].name]:.2f}× the jobs/hour")
     if args.base and "basic" in args.launchers and "joblib" in args.launchers:
         best = max(3600 * jobs_of(name) / statistics.median(walls[(REPO.name, name)]) for name in args.launchers)

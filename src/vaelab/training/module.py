@@ -78,7 +78,7 @@ class LitAutoencoder(pl.LightningModule):
         self.member_hparams: list[dict[str, Any]] = [dict(self.hparams)]
         self.failures: dict[int, str] = {}  # member → the error its single run fails with
         self._saving: Optional[int] = None  # the member whose checkpoint is being saved (a stack)
-        self._member_rates: Optional[MemberRates] = None  # a stack of members with different model.lr
+        self._member_rates: Optional[MemberRates] = None  # a stack whose members differ in model.lr, or on plateau
         self._generator_states: Optional[list[torch.Tensor]] = None  # members' noise around the sanity check
         # Per stage: the batch-size-weighted sums of the terms, on the device, and the image
         # count (on the host). One small add per step; no host sync until the epoch ends.
