@@ -6,16 +6,22 @@ PyTorch's whole-network capture recipe (torch.cuda.graphs): static input, warm-u
 stream, capture, then copy each batch into the static input and replay.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 
-class CudaGraphStep:
-    """Replays `compute_losses(x)` + backward of `losses["loss"]` + `before_optimizer_step()` (gradient
-    clipping) + `optimizer.step()`.
+def _loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    return losses["loss"]
 
-    The optimiser must be created with `capturable=True`. Parameters and optimiser state are
+
+class CudaGraphStep:
+    """Replays `compute_losses(x)` + backward of `objective(losses)` (the loss; a stack's sum of its
+    live members' losses) + `after_backward()` (a stack's mask of dead members' gradients) +
+    `before_optimizer_step()` (gradient clipping, a stack's per member) + `optimizer.step()`.
+
+    The optimiser must be capturable (torch's Adam with `capturable=True`, or StackedAdam, whose
+    per-member rates are a device tensor it updates in place). Parameters and optimiser state are
     restored after the warm-up, so the first replay starts exactly where eager training would.
     Only batches of the captured shape can be replayed; the caller runs others eagerly.
     """
@@ -24,8 +30,12 @@ class CudaGraphStep:
 
     def __init__(self, compute_losses: Callable[[torch.Tensor], dict[str, torch.Tensor]],
                  parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, example: torch.Tensor,
-                 accumulators: Iterable[torch.Tensor] = (), before_optimizer_step: Callable[[], None] = lambda: None):
+                 accumulators: Iterable[torch.Tensor] = (), before_optimizer_step: Callable[[], None] = lambda: None,
+                 objective: Callable[[dict[str, torch.Tensor]], torch.Tensor] = _loss,
+                 after_backward: Callable[[], None] = lambda: None, generators: Sequence[torch.Generator] = ()):
         """`accumulators`: tensors that `compute_losses` adds to in place; the warm-up's additions are undone.
+        `generators`: the generators other than the default one that the step draws from (a stack's
+        members' noise), registered with the graph so that each replay draws anew.
 
         Values that change between steps (a scheduled β, a scheduled learning rate) must be device
         tensors updated in place before each replay: Python numbers are recorded as constants.
@@ -39,7 +49,8 @@ class CudaGraphStep:
 
         def step() -> dict[str, torch.Tensor]:
             losses = compute_losses(self.static_x)
-            losses["loss"].backward()
+            objective(losses).backward()
+            after_backward()
             before_optimizer_step()
             optimizer.step()
             return {k: v.detach() for k, v in losses.items()}
@@ -54,6 +65,8 @@ class CudaGraphStep:
 
         optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates static grads
         self.graph = torch.cuda.CUDAGraph()
+        for generator in generators:
+            self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
             self.static_losses = step()
 

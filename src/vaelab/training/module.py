@@ -39,15 +39,12 @@ log = logging.getLogger(__name__)
 DIVERGENCE_FACTOR = 1000.0
 
 
-def eager_reason(cuda_graph: bool, device: torch.device, world_size: int, precision: str,
-                 members: int = 1) -> Optional[str]:
+def eager_reason(cuda_graph: bool, device: torch.device, world_size: int, precision: str) -> Optional[str]:
     """Why a fit cannot replay its training step as one CUDA graph, or None when it can."""
     if not cuda_graph:
         return "model.cuda_graph=false"
     if device.type != "cuda":
         return f"it needs a CUDA device, not {device.type}"
-    if members > 1:
-        return f"a stack of {members} members steps eagerly (the graphed step takes one model so far)"
     if world_size > 1:
         return "not with several devices (DDP synchronises gradients between kernels)"
     if precision != "32-true":
@@ -336,8 +333,7 @@ class LitAutoencoder(pl.LightningModule):
             self._rng_to_restore = None
 
     def _eager_reason(self) -> Optional[str]:
-        return eager_reason(self.hparams.cuda_graph, self.device, self.trainer.world_size, str(self.trainer.precision),
-                            self.n)
+        return eager_reason(self.hparams.cuda_graph, self.device, self.trainer.world_size, str(self.trainer.precision))
 
     def on_fit_start(self) -> None:
         if self.n > 1 and self.trainer.world_size > 1:
@@ -350,6 +346,24 @@ class LitAutoencoder(pl.LightningModule):
     def _objective(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the step differentiates: the loss; a stack's Σ_n loss_n over its live members."""
         return losses["loss"] if self.n == 1 else self.model.objective(losses)
+
+    def _after_backward(self) -> None:
+        if self.n > 1:  # a dead member's NaN gradients must not reach Adam
+            self.model.mask_dead_gradients()
+
+    def _capture_step(self, optimizer, x: torch.Tensor) -> CudaGraphStep:
+        """The training step as one CUDA graph (graph_step.py); a stack's with its members' generators."""
+        generators = (self.model.generators or ()) if self.n > 1 else ()
+        try:
+            return CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer, x,
+                                 accumulators=[self._sum_buffer("train")], before_optimizer_step=self._clip_gradients,
+                                 objective=self._objective, after_backward=self._after_backward, generators=generators)
+        except RuntimeError as err:
+            if self.n == 1:
+                raise
+            # Not yet run on a GPU (issue 21): say how to go on rather than fail a stack obscurely.
+            raise ConfigError(f"the CUDA-graph step of a stack of {self.n} could not be captured ({err}); "
+                              f"train it with model.cuda_graph=false") from err
 
     def _clip_gradients(self) -> None:
         """trainer.gradient_clip_val: each member by its own norm (by value, elementwise, it is the same)."""
@@ -366,9 +380,7 @@ class LitAutoencoder(pl.LightningModule):
             self.model.advance(self.global_step, self.trainer.num_training_batches)
         if self._graph is None and self._graph_wanted:
             self._counted_step = CountedStep(optimizer)
-            self._graph = CudaGraphStep(self._training_losses, list(self.parameters()), optimizer.optimizer,
-                                        x, accumulators=[self._sum_buffer("train")],
-                                        before_optimizer_step=self._clip_gradients)
+            self._graph = self._capture_step(optimizer, x)
         if self._graph is not None and self._graph.applies_to(x):
             with self._counted_step:  # Lightning counts the step that the graph takes
                 losses = self._graph(x)
@@ -376,8 +388,7 @@ class LitAutoencoder(pl.LightningModule):
             optimizer.zero_grad(set_to_none=self._graph is None)  # keep the graph's grad buffers
             losses = self._training_losses(x)
             self.manual_backward(self._objective(losses))
-            if self.n > 1:
-                self.model.mask_dead_gradients()
+            self._after_backward()
             self._clip_gradients()
             optimizer.step()
         if self._member_rates is not None:

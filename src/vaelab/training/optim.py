@@ -126,7 +126,9 @@ class StackedAdam(torch.optim.Optimizer):
             like = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lrs[0], betas=betas, eps=eps)
             member_defaults = like.defaults
         self.member_defaults = {k: v for k, v in member_defaults.items() if k != "params"}
-        self._rates: dict[tuple, tuple[list[float], torch.Tensor]] = {}  # (device, dtype) → (rates, (N,) tensor)
+        # (device, dtype) → (rates, their (N,) tensor): one tensor, updated in place when the rates change
+        # (between steps, outside a captured CUDA graph, which reads it at every replay).
+        self._rates: dict[tuple, tuple[list[float], torch.Tensor]] = {}
 
     def member_param_group(self, n: int) -> dict:
         """Member n's param group as its own torch.optim.Adam has it (less "params"): its own rate."""
@@ -135,11 +137,15 @@ class StackedAdam(torch.optim.Optimizer):
         return {**self.member_defaults, **own}
 
     def _rate(self, rates: Sequence[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """`rates` as an (N,) tensor on `device`, made anew only when they changed (no host sync)."""
+        """`rates` as an (N,) tensor on `device`: the same tensor at every step, written only when they
+        changed (a copy from the host, without a sync)."""
         rates = [float(r) for r in rates]
         cached = self._rates.get((device, dtype))
-        if cached is None or cached[0] != rates:
+        if cached is None:
             cached = self._rates[(device, dtype)] = (rates, torch.tensor(rates, dtype=dtype, device=device))
+        elif cached[0] != rates:
+            cached[1].copy_(torch.tensor(rates, dtype=dtype), non_blocking=True)
+            cached = self._rates[(device, dtype)] = (rates, cached[1])
         return cached[1]
 
     @torch.no_grad()
