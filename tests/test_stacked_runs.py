@@ -268,6 +268,33 @@ def test_a_member_resumes_alone_as_its_single_run_does(grid, shared_data_dir, tm
         assert member[key] == pytest.approx(single[key], rel=RTOL), key
 
 
+def test_members_log_to_tensorboard_and_time_their_epochs_as_their_single_runs(shared_data_dir, tmp_path):
+    """logger=tensorboard and EpochTimer in a stack: each member's own event file (panels included) and
+    time/*_epoch_s, as its single run has them."""
+    register_resolvers()
+    overrides = ["logger=tensorboard", "trainer.max_epochs=1", "+callbacks.epoch_timer._target_=vaelab.training.callbacks.EpochTimer"]
+    run(_config(shared_data_dir, tmp_path / "single", 1, 0, *overrides))
+    cfgs = [_config(shared_data_dir, tmp_path / f"member{n}", beta, seed, *overrides) for n, (beta, seed) in enumerate(GRID[:2])]
+    assert [r.status for r in train_stack(cfgs)] == ["completed", "completed"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def logged(run_dir: Path) -> tuple[set[str], set[str]]:
+        scalars, images = set(), set()
+        for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):  # one file per writer (fit, test)
+            accumulator = EventAccumulator(str(events))
+            accumulator.Reload()
+            scalars |= set(accumulator.Tags()["scalars"])
+            images |= set(accumulator.Tags()["images"])
+        return scalars, images
+
+    single = logged(tmp_path / "single")
+    assert {"time/epoch_s", "time/train_epoch_s"} <= set(_record(tmp_path / "single"))
+    for n in range(2):
+        assert logged(tmp_path / f"member{n}") == single and any(tag.startswith("panels/") for tag in single[1])
+        record = _record(tmp_path / f"member{n}")
+        assert {"time/epoch_s", "time/train_epoch_s"} <= set(record) and record["time/epoch_s"] > 0
+
+
 class _Signal(pl.Callback):
     """Sends this process `signum` before training step `step`, as a scheduler or Ctrl-C would."""
 
