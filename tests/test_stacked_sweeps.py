@@ -37,6 +37,20 @@ def test_jobs_that_differ_only_in_per_member_settings_share_a_stack():
         assert len(members) == 8 and len({configs[i].data.batch_size for i in members}) == 1
 
 
+def test_the_jobs_the_rule_puts_in_one_stack_are_members_the_stack_takes():
+    """MEMBER_KEYS (the config's per-member keys) and the model type's `per_member` say one thing: every
+    job grouped into a stack builds a member that models/stack.py accepts beside the others."""
+    from vaelab.models.stack import Stack
+    from vaelab.tasks.build import build
+
+    configs = _grid("model.beta=1,4", "model.free_bits=0,0.5", "model.kl_schedule=constant,capacity",
+                    "model.lr=1e-3,3e-3", "model.hidden_dims=[8]")
+    (members,), alone = group_jobs(configs)
+    assert alone == {} and len(members) == 16
+    modules = [build("model", configs[i].model, image_shape=[1, 28, 28], pixel_range=[0.0, 1.0]) for i in members]
+    assert Stack([m.model for m in modules]).n == 16
+
+
 def test_another_learning_rate_stacks_another_architecture_is_another_stack_and_a_lone_job_says_why():
     configs = _grid("model.lr=1e-3,3e-3", "seed=0,1", "model.latent_dim=2,8")
     stacks, alone = group_jobs(configs)
