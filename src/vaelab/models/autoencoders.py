@@ -227,21 +227,20 @@ class VAE(Autoencoder):
         self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_features, latent_dim)
         # The KL's settings as tensors, read by the loss without a Python branch: a stack (models/stack.py)
-        # runs this code once for all its members, each with its own values. In float64, cast where
-        # they meet the KL: the values a Python float gives (eval.py combines in float64). Settings,
-        # not state: the constructor's arguments rebuild them, so they are not saved with the weights.
+        # runs this code once for all its members, each with its own values. float32 (MPS has no
+        # float64): a float32 loss multiplied by one gives what the Python float gave, bit for bit;
+        # eval.py's float64 sums see β rounded to float32 (≤ 6e-8 relative). Settings, not state: the
+        # constructor's arguments rebuild them, so they are not saved with the weights.
         capacity = self.schedule.kind == "capacity"
-        self.register_buffer("kl_floor", torch.tensor(self.free_bits, dtype=torch.float64), persistent=False)
+        self.register_buffer("kl_floor", torch.tensor(self.free_bits), persistent=False)
         self.register_buffer("kl_is_capacity", torch.tensor(capacity), persistent=False)
-        self.register_buffer("kl_weight_end", torch.tensor(self.beta, dtype=torch.float64), persistent=False)
-        self.register_buffer("kl_target_end", torch.tensor(self.schedule.capacity if capacity else 0.0,
-                                                           dtype=torch.float64), persistent=False)
+        self.register_buffer("kl_weight_end", torch.tensor(self.beta), persistent=False)
+        self.register_buffer("kl_target_end", torch.tensor(self.schedule.capacity if capacity else 0.0), persistent=False)
         # β·f(t) and C(t) while training: `advance` fills them in place before each step, so that a
         # replayed CUDA graph reads the new values (a Python float would be recorded once, as a constant).
         at_start = self.scheduled_values(0, 1)
-        self.register_buffer("kl_weight", torch.tensor(at_start["beta"], dtype=torch.float64), persistent=False)
-        self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0), dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer("kl_weight", torch.tensor(at_start["beta"]), persistent=False)
+        self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0)), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
