@@ -219,6 +219,27 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
     records: list[dict[str, Any]] = [{"status": "running", "run_name": cfg.run_name, "run_dir": str(run_dir)}
                                      for cfg, run_dir in zip(cfgs, run_dirs)]
     failed = True
+    finished = False
+
+    def finish() -> None:
+        """Each member's metrics.json and loggers, once, however the run ends."""
+        nonlocal finished
+        if finished or not trainer.is_global_zero:
+            return
+        finished = True
+        for n, (cfg, member, record) in enumerate(zip(cfgs, members, records)):
+            seconds = stage_seconds if record["status"] != "failed" or not stacked else {"time/data_s": stage_seconds["time/data_s"]}
+            record.update({**data_info, **seconds}, seed=cfg.seed, devices=trainer.world_size,
+                          accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
+                          model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
+                          latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
+            if stacked:
+                record["stacked"] = {"members": len(cfgs), "index": n}
+            if current_worker() is not None:  # a joblib worker's GPU and threads (vaelab.sweeps.workers)
+                record["worker"] = current_worker().as_record()
+            _write_record_keeping_the_error(member.run_dir, record, failing=failed or record["status"] == "failed")
+            finish_loggers(member.loggers, failed=failed or record["status"] == "failed")
+
     try:
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -263,9 +284,11 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
             records[n].update(status="interrupted", signal=preemption.signal.name, epochs=trainer.current_epoch,
                               global_step=trainer.global_step,
                               resume_checkpoint=str(preemption.saved) if preemption.saved else None)
+        finish()  # the records first: SLURM ends this job's processes as it requeues it
         preemption = next(iter(stopped.values()))
+        requeued = preemption.requeue_job() if not stacked and trainer.is_global_zero else None
         name = preemption.signal.name
-        resume = (f"requeued as SLURM job {preemption.requeued}, which resumes from {preemption.saved}" if preemption.requeued
+        resume = (f"requeued as SLURM job {requeued}, which resumes from {preemption.saved}" if requeued
                   else f"resume with python train.py ckpt_path={preemption.saved}" if preemption.saved
                   else "the fit had finished; its checkpoints are in place")
         if stacked and preemption.saved:
@@ -273,19 +296,7 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
         raise RunInterrupted(f"{name} stopped the run at epoch {trainer.current_epoch}, step {trainer.global_step}; "
                              f"{resume}", int(preemption.signal)) from None
     finally:
-        if trainer.is_global_zero:
-            for n, (cfg, member, record) in enumerate(zip(cfgs, members, records)):
-                seconds = stage_seconds if record["status"] != "failed" or not stacked else {"time/data_s": stage_seconds["time/data_s"]}
-                record.update({**data_info, **seconds}, seed=cfg.seed, devices=trainer.world_size,
-                              accelerator=type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
-                              model=cfg.model.name, terms=list(module.terms), beta=cfg.model.get("beta"),
-                              latent_dim=cfg.model.latent_dim, recon_loss=cfg.model.recon_loss)
-                if stacked:
-                    record["stacked"] = {"members": len(cfgs), "index": n}
-                if current_worker() is not None:  # a joblib worker's GPU and threads (vaelab.sweeps.workers)
-                    record["worker"] = current_worker().as_record()
-                _write_record_keeping_the_error(member.run_dir, record, failing=failed or record["status"] == "failed")
-                finish_loggers(member.loggers, failed=failed or record["status"] == "failed")
+        finish()
 
     results = []
     for cfg, record in zip(cfgs, records):

@@ -15,7 +15,8 @@ ckpt_path=<that file>` continues mid-epoch, from the next batch.
 On several devices every rank stops before the same batch, whichever of them got the signal:
 they agree on it at the start of every batch (one small all-reduce).
 
-Under SLURM, SIGUSR2 also requeues the job (`scontrol requeue`); SIGTERM does not, since
+Under SLURM, SIGUSR2 also requeues the job (`scontrol requeue`, once the run's record is written:
+`requeue_job`); SIGTERM does not, since
 `scancel` sends it too (a cluster with PreemptMode=REQUEUE requeues by itself). A requeued job
 runs the same command in the same run directory and resumes there (vaelab.tasks.train).
 """
@@ -141,15 +142,23 @@ class Preemption(pl.Callback):
         self.saved = self.path
         log.warning("%s: saved %s at epoch %d, step %d", self.signal.name, self.path, trainer.current_epoch,
                     trainer.global_step)
+
+    def requeue_job(self) -> Optional[str]:
+        """Under SLURM, after the warning signal stopped the run and its checkpoint is saved: `scontrol
+        requeue` the job (the id, or None). The train task calls it once the run's record is written:
+        SLURM ends the job's processes as it requeues, which had raced the record's writing (a 2-task
+        job on the test cluster lost it)."""
         job = slurm_job_id()
-        if self.requeue and self.signal == WARNING_SIGNAL and job and trainer.is_global_zero:
-            try:
-                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-                problem = result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
-            except OSError as err:  # no scontrol on this machine
-                problem = str(err)
-            if problem is None:
-                self.requeued = job
-                log.warning("requeued SLURM job %s: it resumes in this run directory", job)
-            else:
-                log.warning("scontrol requeue %s failed (%s): resume by hand with ckpt_path=%s", job, problem, self.path)
+        if not (self.requeue and self.signal == WARNING_SIGNAL and job and self.saved):
+            return None
+        try:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            problem = result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
+        except OSError as err:  # no scontrol on this machine
+            problem = str(err)
+        if problem is None:
+            self.requeued = job
+            log.warning("requeued SLURM job %s: it resumes in this run directory", job)
+        else:
+            log.warning("scontrol requeue %s failed (%s): resume by hand with ckpt_path=%s", job, problem, self.path)
+        return self.requeued
