@@ -177,8 +177,9 @@ def build_workspace(description: dict[str, Any], entity: str):
         return wr.RunComparer(diff_only="split")
 
     run_filter = description["filter"]
-    filters = ([ws.Metric("Group") == run_filter["group"]] if "group" in run_filter
-               else [ws.Metric("ID").isin(run_filter["ids"])])
+    # One expression in And(...): wandb-workspaces deprecates a plain list of filters.
+    filters = ws.And(ws.Metric("Group") == run_filter["group"] if "group" in run_filter
+                     else ws.Metric("ID").isin(run_filter["ids"]))
     return ws.Workspace(
         entity=entity, project=description["project"], name=description["name"],
         sections=[ws.Section(name=s["name"], panels=[panel(p) for p in s["panels"]], is_open=True)
