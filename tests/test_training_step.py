@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import CSVLogger
 from vaelab.data import MNISTDataModule
 from vaelab.models import reconstruction_loss
 from vaelab.training import LitAutoencoder, make_optimizer
-from vaelab.training.lightning_compat import PRIVATE_HOOKS, CountedStep, missing_hooks
+from vaelab.lightning_compat import PRIVATE_HOOKS, CountedStep, missing_hooks
 from vaelab.training.module import eager_reason
 
 
@@ -112,7 +112,7 @@ def test_the_cpu_trains_eagerly_without_a_graph(data_dir):
 
 
 def test_lightning_still_has_the_private_hooks_the_cuda_graph_step_needs(data_dir):
-    """Fails, naming the hooks, when a pytorch-lightning upgrade drops them (training/lightning_compat.py)."""
+    """Fails, naming the hooks, when a pytorch-lightning upgrade drops them (lightning_compat.py)."""
 
     class StepsAroundLightning(LitAutoencoder):
         """Takes each optimiser step on the raw optimizer, as a replayed graph does, inside CountedStep."""
@@ -122,7 +122,7 @@ def test_lightning_still_has_the_private_hooks_the_cuda_graph_step_needs(data_di
             optimizer = self.optimizers()
             assert not missing_hooks(optimizer), (
                 f"pytorch-lightning {pl.__version__} lacks LightningOptimizer.{', '.join(missing_hooks(optimizer))}; "
-                f"update vaelab/training/lightning_compat.py (needs {', '.join(PRIVATE_HOOKS)})")
+                f"update vaelab/lightning_compat.py (needs {', '.join(PRIVATE_HOOKS)})")
             optimizer.zero_grad()
             self.manual_backward(self.model.losses(x)["loss"])
             with CountedStep(optimizer):

@@ -137,11 +137,11 @@ def test_a_run_file_cut_short_is_read_to_its_last_whole_record(first_run, tmp_pa
 
 
 def test_lightning_still_has_the_private_wandb_logger_attributes_vaelab_uses(monkeypatch):
-    """vaelab/training/lightning_compat.py reads Lightning's WandbLogger internals; an upgrade that drops
+    """vaelab/lightning_compat.py reads Lightning's WandbLogger internals; an upgrade that drops
     or renames one fails here, not in a resumed run."""
     import pytorch_lightning as pl
 
-    from vaelab.training.lightning_compat import (WANDB_LOGGER_PRIVATE, artifact_name, logged_checkpoint_times,
+    from vaelab.lightning_compat import (WANDB_LOGGER_PRIVATE, artifact_name, logged_checkpoint_times,
                                                   logged_keys, missing_wandb_attributes, set_wandb_run_id,
                                                   started_wandb_run, wandb_init_arguments)
     from vaelab.training.loggers import WandbLogger
@@ -150,7 +150,7 @@ def test_lightning_still_has_the_private_wandb_logger_attributes_vaelab_uses(mon
     logger = WandbLogger(project="vaelab", prefix="p", checkpoint_name="best-model")
     assert not missing_wandb_attributes(logger), (
         f"pytorch-lightning {pl.__version__} lacks WandbLogger.{', '.join(missing_wandb_attributes(logger))}; "
-        f"update vaelab/training/lightning_compat.py (needs {', '.join(WANDB_LOGGER_PRIVATE)})")
+        f"update vaelab/lightning_compat.py (needs {', '.join(WANDB_LOGGER_PRIVATE)})")
     set_wandb_run_id(logger, "abc123")
     assert wandb_init_arguments(logger)["id"] == "abc123" and logger.version == "abc123"
     assert started_wandb_run(logger) is None  # asking does not start a run

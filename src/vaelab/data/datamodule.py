@@ -15,6 +15,7 @@ import torch
 from vaelab.data.loader import StackedBatchLoader, TensorBatchLoader
 from vaelab.data.sources import ImageSet, load_images, remember_source
 from vaelab.errors import refused
+from vaelab.lightning_compat import trained_batches
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self._on_device[key] = (images.to(device), labels.to(device))
         images, labels = self._on_device[key]
         # The batches of this epoch trained on so far: what a mid-epoch checkpoint resumes after.
-        batches_done = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed) if train and trainer else None
+        batches_done = (lambda: trained_batches(trainer)) if train and trainer else None
         if train and self.member_seeds is not None:
             return StackedBatchLoader(images, labels, self.batch_size, self.member_seeds, batches_done=batches_done)
         # Every rank must draw the same permutation; seed_everything gives them the same seed.

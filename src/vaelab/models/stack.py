@@ -112,14 +112,11 @@ def _check_stackable(members: Sequence[nn.Module]) -> None:
                              f"differ only in their weights and in the settings a stack holds per member ({allowed})")
 
 
-def _replace(module: nn.Module, name: str, value: torch.Tensor, kind: str) -> None:
-    """Put `value` in place of `module`'s parameter or buffer `name` (dotted), keeping its registration."""
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put `value` in place of `module`'s parameter or buffer `name` (dotted), keeping its registration
+    (nn.Module's __setattr__ replaces a registered name in place: its order, a buffer's persistence)."""
     owner_name, _, leaf = name.rpartition(".")
-    owner = module.get_submodule(owner_name)
-    if kind == "parameter":
-        owner._parameters[leaf] = nn.Parameter(value)
-    else:
-        owner._buffers[leaf] = value
+    setattr(module.get_submodule(owner_name), leaf, value)
 
 
 def _linear_weights(module: nn.Module) -> set[str]:
@@ -150,10 +147,10 @@ class Stack(nn.Module):
         # model its (N, out, in) view; member_* give each member's tensors in its own layout.
         self._transposed = _linear_weights(self.model)
         for name, value in params.items():
-            _replace(self.model, name, value.transpose(1, 2).contiguous() if name in self._transposed else value,
-                     "parameter")
+            _replace(self.model, name, nn.Parameter(value.transpose(1, 2).contiguous() if name in self._transposed
+                                                    else value))
         for name, value in buffers.items():
-            _replace(self.model, name, value, "buffer")
+            _replace(self.model, name, value)
         self._losses = [_Losses(self.model)]  # in a list: not a second path to the same weights
         # Saved: a resumed stack keeps its dead members dead.
         self.register_buffer("alive", torch.ones(self.n, dtype=torch.bool))

@@ -25,7 +25,7 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from vaelab.training.lightning_compat import (artifact_name, logged_checkpoint_times, logged_keys, set_wandb_run_id,
+from vaelab.lightning_compat import (artifact_name, logged_checkpoint_times, logged_keys, set_wandb_run_id,
                                               started_wandb_run, wandb_init_arguments)
 
 log = logging.getLogger(__name__)

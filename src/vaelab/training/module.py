@@ -26,7 +26,7 @@ from vaelab.errors import ConfigError, NonFiniteLossError
 from vaelab.models import Autoencoder, build_model
 from vaelab.models.stack import Stack
 from vaelab.training.graph_step import CudaGraphStep
-from vaelab.training.lightning_compat import CountedStep
+from vaelab.lightning_compat import CountedStep
 from vaelab.training.loggers import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY, wandb_checkpoint_state
 from vaelab.training.members import MemberLogger, member_key
 from vaelab.training.optim import (MemberRates, StackedAdam, clip_gradients, lr_of_step, make_lr_scheduler,

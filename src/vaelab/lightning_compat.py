@@ -12,7 +12,13 @@ before the run starts), the run if it has started (without starting it), its rec
 checkpoint files already logged, the artifact name it was given, and its metric-key prefix. The
 functions below are the only places that touch them.
 
-Tests in tests/test_training_step.py and tests/test_wandb_resume.py fail with a clear message when
+The data module resumes a mid-epoch checkpoint from the training loop's count of the batches it
+has trained on this epoch (`trained_batches`), which Lightning keeps in its loops' progress
+objects, not in a public property.
+
+A module of the lowest layer (it imports nothing of vaelab), so that data/ and training/ both
+reach Lightning's private parts through it. Tests in tests/test_training_step.py,
+tests/test_wandb_resume.py and tests/test_data.py fail with a clear message when
 a Lightning upgrade drops any of them; pyproject.toml pins pytorch-lightning to the minor version
 tested.
 """
@@ -42,7 +48,7 @@ class CountedStep:
         missing = missing_hooks(optimizer)
         if missing:
             raise RuntimeError(f"pytorch-lightning {pl.__version__} has no LightningOptimizer.{', '.join(missing)}; "
-                               f"the CUDA-graph step needs them (vaelab/training/lightning_compat.py): "
+                               f"the CUDA-graph step needs them (vaelab/lightning_compat.py): "
                                f"use model.cuda_graph=false or the pytorch-lightning version pinned in pyproject.toml")
         self.optimizer = optimizer
 
@@ -88,3 +94,20 @@ def artifact_name(logger: WandbLogger) -> Optional[str]:
 def logged_keys(logger: WandbLogger, metrics: dict[str, Any]) -> frozenset[str]:
     """The keys under which `logger.log_metrics(metrics)` records the values (its prefix added)."""
     return frozenset(_add_prefix(dict(metrics), logger._prefix, logger.LOGGER_JOIN_CHAR))
+
+
+def trained_batches(trainer: pl.Trainer) -> int:
+    """The training batches the fit loop has completed in the current epoch (what a mid-epoch
+    checkpoint has seen): `fit_loop.epoch_loop.batch_progress.current.completed`."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
+def missing_loop_attributes(trainer: pl.Trainer) -> list[str]:
+    """The parts of `trained_batches`'s path that this Lightning's Trainer lacks."""
+    node, missing = trainer, []
+    for name in ("fit_loop", "epoch_loop", "batch_progress", "current", "completed"):
+        if not hasattr(node, name):
+            missing.append(name)
+            break
+        node = getattr(node, name)
+    return missing
