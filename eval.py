@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from vaelab.tasks.cli import refuse_unwritable_run_dir, report_errors, silence_known_noise  # noqa: E402
+from vaelab.tasks.cli import refuse_unwritable_run_dir, report_errors, run_app, silence_known_noise  # noqa: E402
 
 silence_known_noise()
 
@@ -34,4 +34,4 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     refuse_unwritable_run_dir(sys.argv[1:])
-    main()
+    run_app(main)

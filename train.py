@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("VAELAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from vaelab.tasks.cli import (rank_overrides, refuse_unwritable_run_dir, refuse_used_run_dir,  # noqa: E402
-                              report_errors, silence_known_noise)
+                              report_errors, run_app, silence_known_noise)
 
 silence_known_noise()
 
@@ -44,4 +44,4 @@ if __name__ == "__main__":
     refuse_unwritable_run_dir(sys.argv[1:])  # first: the next check creates the directory
     refuse_used_run_dir(sys.argv[1:])
     sys.argv += rank_overrides(sys.argv[1:])  # srun's rank r > 0 of a single run: its own log, no .hydra/
-    main()
+    run_app(main)

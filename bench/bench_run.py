@@ -4,6 +4,7 @@
     python bench/bench_run.py --rounds 3 --out run-times.md     # medians of 3, table also as markdown
     python bench/bench_run.py --rounds 1 --only import-torch bare-lightning default-1   # quickest check
     python bench/bench_run.py --eval-args eval.max_images=1000  # a quicker eval row (say so)
+    python bench/bench_run.py --rounds 5 --only import-hydra refuse help cfg-job --base .base  # fast feedback
 
 Each row is one real subprocess, started as a user starts it, timed from start to exit; rows
 run one after the other (never two at once, apart from the joblib row, which is what it
@@ -15,6 +16,10 @@ measures), --rounds times, and the table gives medians. Every train.py command g
 the MLP VAE 784-400-20, mse, Adam 1e-3, batch 128, validation on 5,000 images, checkpoints,
 latent diagnostics and panels, test of the best checkpoint, metrics.json.
 
+  import-hydra    python -c "import hydra": the floor of any command that reads the config
+  refuse          python train.py model.beta=-1: a refused value, answered with one line (exit 2)
+  help            python train.py --help
+  cfg-job         python train.py --cfg job: the composed config, printed
   import-torch    python -c "import torch": the interpreter and torch, the floor of any command
   import-vaelab   python -c "import vaelab.tasks.train": + pytorch_lightning and vaelab (what
                   train.py imports to run; Hydra comes on top); once more with -X importtime
@@ -40,6 +45,10 @@ hour for the sweeps; and a breakdown of default-1's wall time from what the run 
 rest of fit (Lightning's set-up, sanity check, validation, latent diagnostics, panels,
 checkpoints), test, and the rest (Hydra, config check, loggers, metrics.json, exit).
 Rows that a ratio needs but --only left out are marked "–".
+
+--base DIR runs the refuse, help and cfg-job rows again from the tree in DIR (an earlier commit:
+`mkdir .base && git archive <commit> | tar -x -C .base`), as base-refuse etc., and prints this
+tree's time over the base's.
 """
 
 import argparse
@@ -60,8 +69,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_epoch import cpu_name, prepare_data, remove_work_dir  # noqa: E402
 
-ROWS = ["import-torch", "import-vaelab", "bare-lightning", "default-1", "default-10", "eval", "sweep-4-serial",
+ROWS = ["import-hydra", "refuse", "help", "cfg-job", "import-torch", "import-vaelab", "bare-lightning", "default-1", "default-10", "eval", "sweep-4-serial",
         "sweep-4-joblib"]
+QUICK_COMMANDS = {"refuse": ["model.beta=-1"], "help": ["--help"], "cfg-job": ["--cfg", "job"]}
+QUICK_EXIT = {"refuse": 2}  # the exit code each quick row must end with (else 0)
 SWEEP_SEEDS = "0,1,2,3"
 EPOCH_TIMER = "vaelab.training.callbacks.EpochTimer"
 
@@ -127,12 +138,16 @@ def command_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
 
 
-def timed(command: list[str], what: str) -> tuple[float, str]:
-    """Wall seconds of one subprocess, from start to exit, and its output; raises if it failed."""
+def timed(command: list[str], what: str, exit_code: int = 0, tree: Path = REPO) -> tuple[float, str]:
+    """Wall seconds of one subprocess, from start to exit, and its output; raises if it did not end
+    with `exit_code`. `tree`: the source tree whose train.py and vaelab it runs."""
+    env = command_env()
+    if tree != REPO:
+        env["PYTHONPATH"] = str(tree / "src")  # the tree's own vaelab, whatever is installed
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=command_env(), capture_output=True, text=True)
+    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if result.returncode != 0:
+    if result.returncode != exit_code:
         raise RuntimeError(f"{what} failed (exit {result.returncode}):\n{result.stdout[-1500:]}\n{result.stderr[-2500:]}")
     return wall, result.stdout + result.stderr
 
@@ -194,10 +209,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="where bench_epoch.prepare_data looks first")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables as markdown to this file")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    parser.add_argument("--base", type=Path, default=None, help="a tree whose quick rows run beside this one's (e.g. .base)")
     args = parser.parse_args()
     if args.epochs_long < 2:
         parser.error("--epochs-long must be at least 2")
     rows = [r for r in ROWS if r in args.only]
+    if args.base:
+        rows = [name for r in rows for name in ([r, f"base-{r}"] if r in QUICK_COMMANDS else [r])]
     long_name = f"default-{args.epochs_long}"
 
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
@@ -246,7 +264,15 @@ def main() -> None:
     for r in range(args.rounds):
         for row in rows:
             try:
-                if row == "import-torch":
+                quick = row.removeprefix("base-")
+                if quick in QUICK_COMMANDS:
+                    tree = args.base.resolve() if row.startswith("base-") else REPO
+                    run_dir = work / f"{row}-r{r}"  # a refused run leaves Hydra's .hydra/ there
+                    wall, _ = timed([sys.executable, str(tree / "train.py"), *QUICK_COMMANDS[quick],
+                                     f"hydra.run.dir={run_dir}"], row, QUICK_EXIT.get(quick, 0), tree)
+                elif row == "import-hydra":
+                    wall, _ = timed([sys.executable, "-c", "import hydra"], row)
+                elif row == "import-torch":
                     wall, _ = timed([sys.executable, "-c", "import torch"], row)
                 elif row == "import-vaelab":
                     wall, _ = timed([sys.executable, "-c", "import vaelab.tasks.train"], row)
@@ -291,6 +317,10 @@ def main() -> None:
     torch_s = med.get("import-torch")
 
     def note(row: str) -> str:
+        if row.removeprefix("base-") in QUICK_COMMANDS:
+            over_hydra = f"{fmt(ratio(med[row], med.get('import-hydra')), '.1f')} × import-hydra"
+            base = med.get(f"base-{row}")
+            return over_hydra + (f"; {fmt(ratio(med[row], base))} × base-{row}" if base is not None else "")
         if row == "import-vaelab":
             return f"of which import torch {fmt(torch_s, unit=' s')}"
         if row == "bare-lightning" and bare:

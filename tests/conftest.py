@@ -6,10 +6,12 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
+import torch
+from filelock import FileLock
 
 from vaelab.tasks.cli import silence_known_noise
 from vaelab.data import write_idx
@@ -57,6 +59,27 @@ def shared_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory `<session tmp>/<name>`, filled by `build(directory)` once per test session:
+    by whichever pytest-xdist worker asks first, while the others wait on its lock file and
+    then read what it built. A build that failed is not retried: every later use fails alike."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one folder for all workers
+    directory, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
+        if failed.exists():
+            raise AssertionError(f"building {name} failed in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                build(directory)
+            except BaseException as err:
+                failed.write_text(f"{type(err).__name__}: {err}"[-5000:])
+                raise
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real SLURM cluster on this machine (munge, slurmctld, nodes n1 and n2; tests/slurm_cluster.py),
@@ -91,6 +114,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("faults: what survived, what was lost")
         for fault, survived, lost in FAULT_TABLE:
             terminalreporter.write_line(f"{fault:<48} | survived: {survived} | lost: {lost}")
+
+
+# A test that needs a GPU: skipped on the CPU machines, run by the GPU script (bench/README.md).
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA device; on a GPU machine: bash bench/gpu_run.sh (its first step runs "
+           "pytest tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py)")
 
 
 UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once, no network needed
@@ -161,7 +191,7 @@ def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
     interpreter): returns the exit code; what it logs goes to the captured output and the run dir."""
     from hydra.core.global_hydra import GlobalHydra
 
-    argv = sys.argv
+    argv, environ = sys.argv, dict(os.environ)
     sys.argv = [str(REPO / script), *args]
     GlobalHydra.instance().clear()
     try:
@@ -171,4 +201,6 @@ def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
         return exit.code if isinstance(exit.code, int) else 1
     finally:
         sys.argv = argv
+        os.environ.clear()  # what the run set for its own processes (a sweep's swept keys) ends with it
+        os.environ.update(environ)
         GlobalHydra.instance().clear()

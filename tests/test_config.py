@@ -3,18 +3,22 @@ bad value through the real entry point with one line and exit code 2; run names.
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, run_entry_point_in_process, small_run_overrides
 from vaelab.config import EVAL_RULES, TRAIN_RULES, check_train_config, number
 from vaelab.errors import ConfigError
 from vaelab.naming import SWEPT_KEYS_ENV, SweptKeys, swept_keys
+from vaelab.settings import flatten
 
 CONF = REPO / "conf"
 GROUPS = ["model", "optimizer", "data", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "hparams_search"]
@@ -42,20 +46,50 @@ def test_every_config_composes_and_passes_the_checks(group, choice):
     assert cfg.run_name.startswith(f"{cfg.model.name}-z{cfg.model.latent_dim}")
 
 
-def test_defaults():
-    cfg = _compose()
-    assert (cfg.model.name, cfg.model.recon_loss, cfg.data.name, cfg.data.source) == ("vae", "mse", "mnist", "auto")
-    assert list(cfg.logger) == ["csv", "wandb"] and cfg.callbacks.model_checkpoint.monitor == "val/loss"
-    assert cfg.run_name == "vae-z20-beta1"
+def test_run_names_follow_the_model_settings():
+    assert _compose().run_name == "vae-z20-beta1"
     assert _compose("model=ae", "model.latent_dim=16").run_name == "ae-z16"
     assert _compose("model.beta=4", "model.latent_dim=16").run_name == "vae-z16-beta4"
-    assert list(_compose("logger=csv").logger) == ["csv"]  # every choice writes the CSV record
 
 
-def test_experiment_overrides_only_what_changes():
-    cfg = _compose("experiment=binarized_bce")
-    assert (cfg.model.recon_loss, cfg.data.binarize) == ("bce", "dynamic")
-    assert cfg.data.batch_size == _compose().data.batch_size
+@pytest.mark.parametrize("choice", sorted(p.stem for p in (CONF / "logger").glob("*.yaml")))
+def test_every_logger_choice_writes_the_csv_record_into_the_run_dir(choice, tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from vaelab.tasks.build import build_each
+
+    cfg = _compose(f"logger={choice}", f"hydra.run.dir={tmp_path}")
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)  # what Hydra sets when it runs the job
+    HydraConfig.instance().set_config(cfg)  # the loggers' paths resolve ${hydra:...}
+    try:
+        loggers = build_each("logger", cfg.logger)
+    finally:
+        HydraConfig.instance().cfg = None  # as before: no Hydra job in this process
+    csv = [logger for logger in loggers if isinstance(logger, CSVLogger)]
+    assert len(csv) == 1 and Path(csv[0].log_dir) == tmp_path / "csv"
+
+
+def _flat(cfg) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    return flatten(container)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_an_experiment_changes_only_the_keys_it_sets(experiment):
+    """Its file overrides only what changes: composed on top of the same group choices, the config
+    differs from the defaults in the keys the file sets and nowhere else."""
+    spec = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    defaults = spec.pop("defaults", [])
+    groups = [f"{key.removeprefix('override /')}={value}" for entry in defaults if isinstance(entry, dict)
+              for key, value in entry.items()]
+    groups += [f"experiment={entry}" for entry in defaults if isinstance(entry, str) and entry != "_self_"]  # built on another
+    own = set(_flat(OmegaConf.create(spec)))
+    base, composed = _flat(_compose(*groups)), _flat(_compose(f"experiment={experiment}"))
+    changed = {key for key in base.keys() | composed.keys() if base.get(key) != composed.get(key)}
+    assert changed <= own, f"experiment={experiment} also changes {sorted(changed - own)}"
+    assert changed or any(key.startswith("hydra.") for key in own)  # a sweep may set only its sweeper
 
 
 # -- every rule, through the real entry point ----------------------------------------------------
@@ -238,6 +272,63 @@ def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, t
     console = "".join(capsys.readouterr())
     assert code == 2 and _one_error_line(console).startswith(line)
     assert not list((tmp_path / "outputs").rglob("eval.json"))
+
+
+HYDRA_CASES = {  # refused by Hydra, before vaelab sees the config: one line as well, exit code 2
+    "choice": ("train.py", ["data=foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "key": ("train.py", ["model.latnet_dim=3"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
+    "key@top": ("train.py", ["sed=1"], "sed: no such key; did you mean seed?"),
+    "key@far": ("train.py", ["optimizer.xyz=1"], "optimizer.xyz: no such key; the keys of optimizer are scheduler, "
+                "warmup_steps, min_lr, monitor, factor, patience"),
+    "grammar": ("train.py", ["model.beta=[1"], "model.beta=[1: not an override Hydra can read (no viable alternative at "
+                "input '[1'); the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"),
+    "choice@multirun": ("train.py", ["-m", "data=mnist,foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "key@multirun": ("train.py", ["-m", "model.latnet_dim=3,4"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
+    "choice@eval": ("eval.py", ["ckpt_path=x.ckpt", "data=foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "key@eval": ("eval.py", ["ckpt_path=x.ckpt", "eval.kk=3"], "eval.kk: no such key; did you mean eval.k?"),
+    "key@eval-multirun": ("eval.py", ["-m", "ckpt_path=x.ckpt", "eval.kk=3,4"], "eval.kk: no such key; did you mean eval.k?"),
+}
+
+
+@pytest.mark.parametrize("case", list(HYDRA_CASES))
+def test_what_hydra_refuses_ends_with_one_line_and_exit_code_2(case, tmp_path, capsys):
+    script, overrides, line = HYDRA_CASES[case]
+    where = "hydra.sweep.dir" if "-m" in overrides else "hydra.run.dir"
+    code = run_entry_point_in_process(*overrides, f"{where}={tmp_path / 'run'}", script=script)
+    assert (code, capsys.readouterr().err) == (2, f"error: {line}\n")
+    assert not list(tmp_path.rglob(".hydra"))  # refused before Hydra wrote a run directory
+
+
+# `python <script> <overrides>` in a process of its own, saying which heavy packages it imported.
+_IN_A_PROCESS = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    heavy = {"torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric"} & {m.split(".")[0] for m in sys.modules}
+    print("imported:", ", ".join(sorted(heavy)) or "none", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("script", "overrides", "line"), [
+    ("train.py", ["model.latent_dim=0"], "[ERROR] - model.latent_dim=0 must be an integer >= 1"),
+    ("train.py", ["-m", "model.latent_dim=0", "hydra/launcher=basic"], "model.latent_dim=0 must be an integer >= 1"),
+    ("eval.py", ["ckpt_path={ckpt}", "eval.k=0"], "[ERROR] - eval.k=0 must be an integer >= 1"),
+    ("train.py", ["data=foo"], "error: data=foo: no such choice; available: fashion_mnist, mnist"),
+])
+def test_a_refused_value_answers_in_a_process_of_its_own_without_importing_torch(script, overrides, line, tmp_path):
+    """As a user runs it: the check needs no torch, torchvision or Lightning, so a typo answers at once."""
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")  # eval's torch-free checks come before it reads the file
+    where = "hydra.sweep.dir" if "-m" in overrides else "hydra.run.dir"
+    args = [o.format(ckpt=ckpt) for o in overrides] + [f"{where}={tmp_path / 'run'}", "logger=csv"][:2 if script == "train.py" else 1]
+    result = subprocess.run([sys.executable, "-c", _IN_A_PROCESS, str(REPO / script), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and line in output, output[-3000:]
+    assert result.stderr.splitlines()[-1] == "imported: none", output[-3000:]
+    assert result.returncode == (1 if "-m" in overrides else 2), output[-3000:]
 
 
 def _checked(*overrides: str) -> None:

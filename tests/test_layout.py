@@ -8,7 +8,7 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "vaelab"
 # Bottom to top; a unit may import its own layer's and lower layers' units, never a higher one's.
 LAYERS = [
-    {"errors", "files", "settings", "lightning_compat"},
+    {"errors", "files", "settings", "catalog", "lightning_compat"},
     {"rundir", "checkpoints"},
     {"naming", "reports"},
     {"models", "data"},

@@ -1,7 +1,8 @@
-"""A model type added as the README says (a class listed in MODEL_TYPES, a config on top of another)
+"""A model type added as the README says (declared in vaelab.catalog.MODEL_TYPES, a class, a config on top of another)
 trains, logs, is checked and is evaluated with no change anywhere else."""
 
 from collections.abc import Sequence
+from typing import Optional
 
 import pytest
 import pytorch_lightning as pl
@@ -14,21 +15,22 @@ from conftest import REPO
 from vaelab.config import check_train_config
 from vaelab.data import MNISTDataModule
 from vaelab.errors import ConfigError
-from vaelab.models import AE, MODEL_TYPES
+from vaelab.catalog import ARCHITECTURE, MODEL_TYPES, ModelType
+from vaelab.models import AE
 from vaelab.tasks.eval import likelihood_metrics
 from vaelab.training import LitAutoencoder
 
 
-class SparseAE(AE):
-    """The README's example: AE with loss = recon + l1_weight · ‖z‖₁ (summed over latent dims, batch mean)."""
+SPARSE_AE = ModelType("sparse_ae", f"{__name__}:SparseAE", (*ARCHITECTURE, "l1_weight"), terms=("recon", "l1", "loss"))
 
-    name = "sparse_ae"
-    terms = ("recon", "l1", "loss")
+
+class SparseAE(AE, declared=SPARSE_AE):
+    """The README's example: AE with loss = recon + l1_weight · ‖z‖₁ (summed over latent dims, batch mean)."""
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Sequence[int] = (400,), net: str = "mlp", recon_loss: str = "mse",
-                 pixel_range: Sequence[float] = (0.0, 1.0), l1_weight: float = 1e-3):
-        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range)
+                 pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None, l1_weight: float = 1e-3):
+        super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.l1_weight = float(l1_weight)
 
     def losses(self, x: torch.Tensor, eps=None) -> dict[str, torch.Tensor]:
@@ -42,7 +44,7 @@ class SparseAE(AE):
 
 @pytest.fixture
 def sparse_ae(monkeypatch):
-    monkeypatch.setitem(MODEL_TYPES, "sparse_ae", SparseAE)
+    monkeypatch.setitem(MODEL_TYPES, "sparse_ae", SPARSE_AE)
 
 
 def _config(*overrides: str) -> DictConfig:

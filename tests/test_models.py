@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from vaelab.models import AE, MODEL_TYPES, VAE, AutoencoderOutput, Codes, build_model, model_settings
+from vaelab.catalog import MODEL_TYPES, NETWORKS, ModelType
+from vaelab.models import AE, VAE, Autoencoder, AutoencoderOutput, Codes, build_model, model_class
 from vaelab.models.autoencoders import LOGVAR_MAX, LOGVAR_MIN
 
 MNIST = (1, 28, 28)
@@ -129,9 +130,26 @@ def test_build_model_builds_the_named_type_with_its_settings(name, cls):
 
 
 def test_only_the_vae_takes_beta():
-    assert "beta" in model_settings("vae") and "beta" not in model_settings("ae")
+    assert "beta" in MODEL_TYPES["vae"].settings and "beta" not in MODEL_TYPES["ae"].settings
     with pytest.raises(TypeError, match="beta"):
         build_model("ae", MNIST, beta=4)  # the config checks refuse this first (test_config.py)
+
+
+def test_each_declared_model_type_is_its_class_and_each_network_builds():
+    for name, declared in MODEL_TYPES.items():
+        cls = model_class(name)
+        assert (cls.name, cls.terms, cls.per_member) == (name, declared.terms, declared.per_member)
+    for net in NETWORKS:
+        assert build_model("vae", MNIST, net=net, latent_dim=2, hidden_dims=(4,)).encoder is not None
+
+
+def test_a_class_whose_constructor_differs_from_its_declaration_is_refused_when_defined():
+    declared = ModelType("tiny", "nowhere:Tiny", settings=("latent_dim", "width"), terms=("recon", "loss"))
+    with pytest.raises(TypeError, match=r"Tiny's constructor takes depth, latent_dim; its declaration "
+                                        r"\(vaelab.catalog.MODEL_TYPES\['tiny'\]\) says latent_dim, width"):
+        class Tiny(Autoencoder, declared=declared):
+            def __init__(self, latent_dim: int = 2, pixel_range=(0.0, 1.0), depth: int = 1):
+                super().__init__(latent_dim=latent_dim)
 
 
 def test_the_posterior_is_stochastic_for_the_vae_only(images):
@@ -159,9 +177,9 @@ def test_a_vae_generates_from_its_prior_and_an_ae_from_a_gaussian_fitted_to_its_
 
 def test_every_model_type_combines_its_parts_into_exactly_its_terms():
     parts = {"recon": torch.tensor(10.0), "kl": torch.tensor(2.0)}
-    for name, cls in MODEL_TYPES.items():
+    for name, declared in MODEL_TYPES.items():
         model = build_model(name, MNIST, latent_dim=2, hidden_dims=(8,))
-        assert tuple(model.combine(parts)) == cls.terms and "loss" in cls.terms
+        assert tuple(model.combine(parts)) == declared.terms and "loss" in declared.terms
     assert build_model("vae", MNIST, beta=3).combine(parts)["loss"] == 16.0  # 10 + 3·2
 
 

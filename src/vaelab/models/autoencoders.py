@@ -2,16 +2,19 @@
 codes are sampled; the LightningModule, the evaluation and the configs ask it instead of
 testing its name.
 
-Adding a model type: subclass `Autoencoder` here (or in a file of its own in models/), set
-`name`, `terms` and `not_applicable`, implement `posterior`, `losses`, `combine` and
-`code_distribution`, list it in `MODEL_TYPES` (models/__init__.py) and write
-conf/model/<name>.yaml. Settings of its own (like the VAE's `beta`) are keyword arguments of
-its constructor; the config checks refuse them for the model types that do not take them.
+Adding a model type: declare it in `MODEL_TYPES` (vaelab/catalog.py: its name, class, settings
+and terms), subclass `Autoencoder` here (or in a file of its own in models/) with
+`declared=MODEL_TYPES["<name>"]`, set `not_applicable`, implement `posterior`, `losses`,
+`combine` and `code_distribution`, and write conf/model/<name>.yaml. Settings of its own (like
+the VAE's `beta`) are keyword arguments of its constructor, the same names as its declaration's
+`settings` (checked when the class is defined); the config checks refuse them for the model
+types that do not take them.
 It stacks (models/stack.py: N members trained as one module) with nothing written for it, as
 long as `losses` draws its noise through `noise_shape` and reads settings that members may
 differ in (`per_member`) from buffers.
 """
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple, Optional
@@ -19,22 +22,22 @@ from typing import ClassVar, NamedTuple, Optional
 import torch
 from torch import nn
 
+from vaelab.catalog import FROM_DATA, MODEL_TYPES, ModelType
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.losses import Likelihood, gaussian_kl_per_dim
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.objectives import log_prior_over_posterior
 from vaelab.models.schedules import KLSchedule
 
-# Adding a network: write its encoder/decoder pair in models/<name>.py and name it here.
-NETWORKS = {
+# Adding a network: write its encoder/decoder pair in models/<name>.py, name it here and in
+# vaelab.catalog.NETWORKS (the choices of model.net).
+NETWORK_MODULES = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
 }
 # model.hidden_dims=null takes these: widths of the MLP's layers, channels of the conv net's.
 # One 400-channel conv layer would give 78,400-wide heads (4.8 M parameters, minutes per CPU epoch).
 DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64)}
-
-OBJECTIVES = ("elbo", "iwae")
 
 # exp(-20) keeps σ representable in float32 and bfloat16; exp(10) keeps σ² and the KL finite.
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -96,13 +99,25 @@ class Autoencoder(nn.Module):
     per_member: ClassVar[tuple[str, ...]] = ()
     loss_from_means: bool = True  # `combine` makes `loss` from the mean terms (not so for the IWAE bound)
 
+    def __init_subclass__(cls, declared: Optional[ModelType] = None, **kwargs):
+        """`declared`: the model type's declaration (vaelab.catalog), whose name, terms and
+        per_member the class takes; its constructor must take the declared settings."""
+        super().__init_subclass__(**kwargs)
+        if declared is None:
+            return
+        cls.name, cls.terms, cls.per_member = declared.name, declared.terms, declared.per_member
+        taken = set(inspect.signature(cls).parameters) - set(FROM_DATA)
+        if taken != set(declared.settings):
+            raise TypeError(f"{cls.__name__}'s constructor takes {', '.join(sorted(taken))}; its declaration "
+                            f"(vaelab.catalog.MODEL_TYPES[{declared.name!r}]) says {', '.join(sorted(declared.settings))}")
+
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",
                  pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None):
         super().__init__()
         self.latent_dim = latent_dim
         hidden_dims = list(DEFAULT_HIDDEN_DIMS[net] if hidden_dims is None else hidden_dims)
-        encoder_cls, decoder_cls = NETWORKS[net]
+        encoder_cls, decoder_cls = NETWORK_MODULES[net]
         self.encoder = encoder_cls(tuple(image_shape), hidden_dims)
         self.decoder = decoder_cls(tuple(image_shape), hidden_dims, latent_dim)
         self.likelihood = Likelihood(recon_loss, pixel_range, sigma=sigma or "learned")
@@ -150,11 +165,9 @@ class Autoencoder(nn.Module):
         """Set the scheduled settings for optimiser step `step` (in place: a captured CUDA graph reads them)."""
 
 
-class AE(Autoencoder):
+class AE(Autoencoder, declared=MODEL_TYPES["ae"]):
     """Deterministic autoencoder: z = f(x), x' = g(z), trained on the reconstruction alone."""
 
-    name = "ae"
-    terms = ("recon", "loss")
     not_applicable = {
         "nll": "an AE defines no density p(x): it has no prior and a deterministic code, so there is no likelihood to estimate",
         "kl": "an AE has no posterior q(z|x) and no prior, so there is no KL term (and no nelbo)",
@@ -190,7 +203,7 @@ class AE(Autoencoder):
                                 "std of the AE's codes")
 
 
-class VAE(Autoencoder):
+class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
     """Variational autoencoder with a diagonal Gaussian q(z|x) and the prior N(0, I).
 
     Per image (batch means of each are logged), with KL_j the closed-form KL of latent dimension j:
@@ -206,10 +219,6 @@ class VAE(Autoencoder):
                 the k-sample bound (β = 1: a tighter bound on −log p(x) than nelbo; k = 1: the ELBO
                 with a sampled KL); recon, kl and nelbo are those of the first sample.
     """
-
-    name = "vae"
-    terms = ("recon", "kl", "loss", "nelbo")
-    per_member = ("beta", "free_bits", "schedule")
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Optional[Sequence[int]] = None, net: str = "mlp", recon_loss: str = "mse",

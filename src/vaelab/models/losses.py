@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RECON_LOSSES = ("mse", "bce", "gaussian", "cbernoulli")
-SIGMAS = ("learned", "optimal")  # the gaussian decoder's σ
+from vaelab.catalog import RECON_LOSSES, SIGMAS
+
 LOG_SIGMA_MIN = -6.0  # the σ-VAE's lower bound on log σ (Rybkin et al. 2021), in [0, 1] pixel units
 _LOG_2PI = math.log(2 * math.pi)
 

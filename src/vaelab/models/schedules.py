@@ -16,8 +16,7 @@ measures the same objective at every epoch, so the best checkpoint is not simply
 
 from dataclasses import dataclass
 
-KL_SCHEDULES = ("constant", "linear", "cyclical", "capacity")
-PERIOD_UNITS = ("epoch", "step")
+from vaelab.catalog import KL_SCHEDULES, PERIOD_UNITS
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,12 @@ class KLSchedule:
     cycles: int = 4  # cyclical: M
     ratio: float = 0.5  # cyclical: R, the rising part of each cycle
     capacity: float = 25.0  # capacity: C, in nats
+
+    def __post_init__(self):
+        if self.kind not in KL_SCHEDULES:
+            raise ValueError(f"kl_schedule={self.kind} is not one of {', '.join(KL_SCHEDULES)}")
+        if self.unit not in PERIOD_UNITS:
+            raise ValueError(f"kl_period_unit={self.unit} is not one of {', '.join(PERIOD_UNITS)}")
 
     @property
     def varies(self) -> bool:

@@ -1,6 +1,7 @@
 """What the entry points share: quiet known noise, check the config first, and turn VaelabErrors
-into one clear line."""
+and Hydra's own refusals into one clear line."""
 
+import difflib
 import functools
 import logging
 import os
@@ -10,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
@@ -18,8 +20,9 @@ from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record
 
 log = logging.getLogger("vaelab")
 
-# Printed by every Lightning process on these versions; nothing a user can act on.
-_NOISE_WARNINGS = (r".*LeafSpec.*",)
+# Printed by every Lightning process on these versions; nothing a user can act on. The second, on
+# any machine with SLURM installed: how to run under SLURM is the README's (srun, hydra/launcher=slurm).
+_NOISE_WARNINGS = (r".*LeafSpec.*", r"The `srun` command is available on your system but is not used")
 _NOISE_LOG_FRAGMENTS = ("litlogger", "LitLogger")
 
 
@@ -94,6 +97,48 @@ def rank_overrides(argv: list[str]) -> list[str]:
     if any(arg in ("-m", "--multirun") for arg in argv):  # a sweep's tasks get them from the SLURM launcher
         return []
     return [f"{key}={'null' if value is None else value}" for key, value in rank_hydra_settings().items()]
+
+
+def hydra_refusal(err: Exception) -> Optional[str]:
+    """One line for a command line that Hydra refuses before vaelab sees the config: a config
+    choice or a key that does not exist, an override it cannot parse. None for any other error."""
+    if isinstance(err, MissingConfigException) and err.options:
+        group, _, choice = str(err.missing_cfg_file).rpartition("/")
+        return f"{group}={choice}: no such choice; available: {', '.join(sorted(err.options))}"
+    if isinstance(err, OverrideParseException):
+        return f"{err.override}: not an override Hydra can read ({err.message.splitlines()[0]}); " \
+               "the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"
+    if not isinstance(err, ConfigCompositionException):
+        return None
+    cause = err.__cause__
+    parent, key = getattr(cause, "parent_node", None), getattr(cause, "full_key", None)
+    if isinstance(parent, DictConfig) and key and "not in struct" in str(cause):
+        group = key.rpartition(".")[0]
+        keys = [str(k) for k in parent.keys() if not str(k).startswith("_")]  # not _target_
+        nearest = difflib.get_close_matches(str(cause.key), keys, n=1)
+        where = f"{group}." if group else ""
+        hint = f"did you mean {where}{nearest[0]}?" if nearest else \
+            f"the keys {f'of {group} ' if group else ''}are {', '.join(keys)}"
+        return f"{key}: no such key; {hint}"
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def run_app(main: Callable[[], Any]) -> None:
+    """Run a @hydra.main function; Hydra's refusals of the command line (`hydra_refusal`) end
+    with one line and exit code 2, as vaelab's own do. HYDRA_FULL_ERROR=1 shows Hydra's report."""
+    shown = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+    try:
+        main()
+    except Exception as err:
+        message = None if shown else hydra_refusal(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if shown is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def report_errors(check: Callable[[DictConfig], None], train_stack: Optional[Callable] = None):

