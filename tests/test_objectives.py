@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from conftest import run_dirs, run_entry_point_in_process, small_run_overrides
+from conftest import needs_cuda, run_dirs, run_entry_point_in_process, small_run_overrides
 from vaelab.data import MNISTDataModule
 from vaelab.models import VAE, KLSchedule, build_model, gaussian_kl_per_dim
 from vaelab.training import LitAutoencoder
@@ -224,7 +224,7 @@ def test_clipping_bounds_the_gradient_the_optimiser_steps_with(data_dir, algorit
     assert float(torch.stack([p.grad.norm() for p in unclipped.parameters()]).norm()) > 1  # clipping did act
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_graph_follows_the_lr_schedule_and_clips_exactly_like_the_eager_step():
     """An AE (no sampling noise): graph and eager must agree step for step."""
     import copy
@@ -257,7 +257,7 @@ def test_cuda_graph_follows_the_lr_schedule_and_clips_exactly_like_the_eager_ste
     assert float(opt_g.param_groups[0]["lr"]) == pytest.approx(opt_e.param_groups[0]["lr"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_graph_replays_with_each_steps_beta():
     from vaelab.training.graph_step import CudaGraphStep
     from vaelab.training.optim import make_optimizer

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
+from conftest import needs_cuda
 from vaelab.data import MNISTDataModule
 from vaelab.models import reconstruction_loss
 from vaelab.training import LitAutoencoder, make_optimizer
@@ -134,7 +135,7 @@ def test_lightning_still_has_the_private_hooks_the_cuda_graph_step_needs(data_di
     assert trainer.global_step == 3  # ...but counts it, and max_steps stops the fit
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_graph_step_equals_eager_step():
     from vaelab.training.graph_step import CudaGraphStep
 
@@ -156,7 +157,7 @@ def test_cuda_graph_step_equals_eager_step():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_a_fit_on_the_gpu_replays_the_graph_and_counts_every_step(data_dir):
     module = LitAutoencoder(name="vae", latent_dim=4, hidden_dims=[32])
     trainer = _trainer(accelerator="gpu", max_epochs=2)

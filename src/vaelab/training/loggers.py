@@ -63,6 +63,10 @@ class WandbLogger(LightningWandbLogger):
         super().__init__(offline=False, mode=None if online else "offline", group=group,
                          tags=list(dict.fromkeys(tags)), log_model=log_model,
                          add_file_policy=add_file_policy or ("immutable" if log_model is True else "mutable"), **kwargs)
+        # Lightning hands wandb.init anonymous=None, which this wandb warns about at every run
+        # ("The anonymous setting has no effect"); left out, wandb says nothing.
+        if wandb_init_arguments(self).get("anonymous", "given") is None:
+            del wandb_init_arguments(self)["anonymous"]
         self._best_only = log_model is True  # log the tested checkpoint once, not Lightning's choice
         self._earlier_logs: list[str] = []  # the transaction logs of the attempts this run resumes
         self._resumed_at: Optional[int] = None  # the checkpoint's global step

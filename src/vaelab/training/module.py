@@ -71,6 +71,9 @@ class LitAutoencoder(pl.LightningModule):
         self.model: Autoencoder | Stack = build_model(name, image_shape, pixel_range, **settings)
         self.optimizer_settings = dict(optimizer or {})
         self.terms = self.model.terms
+        # One image as the data module delivers it (uint8 pixels, a label): the model summary runs the
+        # model on it to count its FLOPs (training/callbacks/summary.py keeps that off the run's random draws).
+        self.example_input_array = (torch.zeros(1, *image_shape[1:], dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
         # Each member's hyperparameters (what its checkpoints keep); one for a single run.
         self.member_hparams: list[dict[str, Any]] = [dict(self.hparams)]
         self.failures: dict[int, str] = {}  # member → the error its single run fails with
@@ -102,6 +105,7 @@ class LitAutoencoder(pl.LightningModule):
         module = members[0]
         if len(members) > 1:
             module.model = Stack([m.model for m in members], generators)
+            module.example_input_array = None  # a stack has no forward: its summary counts no FLOPs
             module.member_hparams = [dict(m.hparams) for m in members]
             module.last_step_values = [{} for _ in members]
         return module
@@ -135,7 +139,9 @@ class LitAutoencoder(pl.LightningModule):
         finally:
             self._saving = None
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """The model's forward on images `x`, (B, C, H, W) in the data's pixel range (`labels`, of a
+        batch as the data module delivers it, are not used)."""
         return self.model(x)
 
     # -- per-member sums and checks -----------------------------------------------------------------

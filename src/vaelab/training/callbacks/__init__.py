@@ -5,5 +5,6 @@ from vaelab.training.callbacks.checkpoint import ResumableModelCheckpoint
 from vaelab.training.callbacks.epoch_timer import EpochTimer
 from vaelab.training.callbacks.latent_panels import LatentPanels
 from vaelab.training.callbacks.preemption import Preemption
+from vaelab.training.callbacks.summary import ModelSummary
 
-__all__ = ["BestEpochMetrics", "EpochTimer", "LatentPanels", "Preemption", "ResumableModelCheckpoint"]
+__all__ = ["BestEpochMetrics", "EpochTimer", "LatentPanels", "ModelSummary", "Preemption", "ResumableModelCheckpoint"]
