@@ -29,8 +29,10 @@ slurm:
 	else echo "no SLURM here and not root: the SLURM tests will be skipped (apt-get install $(SLURM_PACKAGES))"; fi
 
 # pytest exits 5 when it collects no test: make treats that as a failure like any other.
-# PYTEST_WORKERS processes share the tests file by file (pytest-xdist), each torch with one
-# thread: two multi-threaded trainings on two cores run several times slower than one at a time.
+# PYTEST_WORKERS processes share the tests (pytest-xdist), each torch with one thread: two
+# multi-threaded trainings on two cores run several times slower than one at a time. Tests go to
+# whichever worker is free, except those marked xdist_group("<name>"), which share one worker:
+# the SLURM tests (one test cluster) and those on a module's trained fixture.
 PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed slurm
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

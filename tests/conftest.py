@@ -1,6 +1,7 @@
 """Fixtures: small synthetic MNIST-style IDX files, and running the real entry point."""
 
 import json
+import logging
 import os
 import runpy
 import subprocess
@@ -192,6 +193,8 @@ def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
     from hydra.core.global_hydra import GlobalHydra
 
     argv, environ = sys.argv, dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     sys.argv = [str(REPO / script), *args]
     GlobalHydra.instance().clear()
     try:
@@ -203,4 +206,14 @@ def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
         sys.argv = argv
         os.environ.clear()  # what the run set for its own processes (a sweep's swept keys) ends with it
         os.environ.update(environ)
+        # Hydra's handlers (the run's train.log, a console on a capture that has closed) end with it too.
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
         GlobalHydra.instance().clear()
+
+
+# Trained runs that several test files read, each built once per session (last: they use the above).
+from shared_runs import beta_seed_grid, trained  # noqa: E402, F401

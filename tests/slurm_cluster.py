@@ -28,8 +28,9 @@ PARTITION = "debug"
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# vaelab test cluster"
 # Each node says it has more cores and memory than the machine: SLURM then schedules what the
-# README's launcher config asks for (4 cpus per task, 32 GB) on this small machine.
-NODE_CPUS, NODE_MEMORY_MB = 16, 65536
+# README's launcher config asks for (4 cpus per task, 32 GB per node) on this small machine, four
+# jobs to a node, so that the tests can run their sweeps side by side (tests/test_slurm.py).
+NODE_CPUS, NODE_MEMORY_MB = 16, 131072
 
 SLURM_CONF = """\
 ClusterName=vaelabtest
@@ -58,8 +59,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 ReturnToService=2
+# KillWait: the seconds between SIGTERM and SIGKILL when SLURM (or srun's --kill-on-bad-exit) stops a
+# task; submitit's tasks ignore SIGTERM, so a stopped task always waits that long (30 s by default).
 SchedulerParameters=sched_interval=1
-KillWait=5
+KillWait=2
 MinJobAge=600
 FirstJobId={first_job_id}
 {nodes}

@@ -1,4 +1,5 @@
-"""`python -m vaelab.reports.compare` on run directories laid out as train.py leaves them."""
+"""`python -m vaelab.reports.compare` on run directories laid out as train.py leaves them: once in a
+process of its own, as a user runs it, and its main() in this process otherwise."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from vaelab.reports.compare import find_runs, load_runs
+from vaelab.reports.compare import find_runs, load_runs, main
 
 HEADER = ["epoch", "step", "test/kl", "test/loss", "test/nelbo", "test/recon", "train/kl", "train/loss", "train/nelbo",
           "train/recon", "train/recon_step", "val/active_units", "val/kl", "val/loss", "val/nelbo", "val/recon"]
@@ -57,6 +58,7 @@ def test_runs_of_a_sweep_are_found_and_read(sweep):
 
 
 def test_compare_writes_the_table_and_the_charts(sweep, tmp_path):
+    """`python -m vaelab.reports.compare <runs> --out <dir>` in a process of its own."""
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", str(sweep / "0_vae-z4-beta1"), str(sweep / "1_vae-z4-beta4"),
                              str(sweep / "2_ae-z4"), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -77,7 +79,7 @@ def test_compare_writes_the_table_and_the_charts(sweep, tmp_path):
     assert "Not placed (no KL" in text and "ae z=4" in text.split("Not placed")[1]
 
 
-def test_compare_without_runs_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "no metrics.json in" in result.stderr
+def test_compare_without_runs_says_so(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2  # `python -m` exits with main()'s code
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no metrics.json in {tmp_path}") and err.count("\n") == 1, err  # one line

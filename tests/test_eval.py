@@ -1,4 +1,6 @@
-"""`python eval.py ckpt_path=...` on a VAE and an AE checkpoint, through the real entry point."""
+"""`python eval.py ckpt_path=...` on a VAE and an AE checkpoint, through the real entry point: in this
+process (conftest.run_entry_point_in_process), and in a process of its own where the process is what
+is checked (a refused checkpoint's exit code and its one line)."""
 
 import json
 import os
@@ -8,16 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
+from conftest import REPO, built_once, run_dirs, run_entry_point, run_entry_point_in_process, small_run_overrides
 
 K = 50  # importance samples in tests: enough for nll < nelbo on a toy model, fast on a CPU
-
-
-def test_eval_config_composes_with_its_defaults():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=["ckpt_path=x.ckpt"])
-    assert cfg.eval.k == 1000 and cfg.ckpt_path == "x.ckpt" and cfg.data.name == "mnist"
 
 
 def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
@@ -38,6 +33,15 @@ def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
             cfg = compose(config_name="eval", overrides=[f"ckpt_path={ckpt}", *overrides])
         return training_data_config(cfg, [f"ckpt_path={ckpt}", *overrides])
 
+    # A checkpoint outside a run directory: eval's own data config (its defaults), and the record says so.
+    outside = tmp_path / "elsewhere" / "x.ckpt"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"ckpt_path={outside}"])
+    data, source = training_data_config(cfg, [f"ckpt_path={outside}"])
+    assert (data.name, data.binarize) == ("mnist", "none") and data == cfg.data
+    assert source == f"eval's data config (no training config at {outside.parent.parent / '.hydra' / 'config.yaml'})"
+
     data, source = data_after()
     assert (data.binarize, data.data_dir, data.val_size) == ("dynamic", "/trained/data", 128)
     assert source.endswith("config.yaml")
@@ -47,31 +51,26 @@ def test_eval_takes_the_data_config_of_the_training_run(tmp_path):
     assert (data.name, data.binarize) == ("fashion_mnist", "none")
 
 
-def _ok(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+@pytest.fixture(scope="session")
+def evaluated(trained, tmp_path_factory):
+    """The VAE and the AE of `trained`, evaluated by one sweep (`eval.py -m ckpt_path=vae,ae`, in-process),
+    once per session for all workers: {model: (run dir, metrics, eval dir, eval.json, report)}."""
+    metrics = {m: json.loads((trained[m] / "metrics.json").read_text()) for m in ("vae", "ae")}
 
+    def build(directory: Path) -> None:
+        # No data overrides: eval takes them from the training runs' .hydra/config.yaml.
+        checkpoints = ",".join(metrics[m]["best_checkpoint"] for m in ("vae", "ae"))
+        # Its own classifier folder: the first evaluation trains the classifier, the second reads it.
+        code = run_entry_point_in_process("-m", f"ckpt_path={checkpoints}", f"paths.log_dir={directory / 'outputs'}",
+                                          f"eval.k={K}", "eval.n_samples=200",
+                                          f"eval.classifier_dir={directory / 'classifiers'}", script="eval.py")
+        assert code == 0, f"the eval sweep exited with {code}; see {directory / 'outputs'}"
 
-@pytest.fixture(scope="module")
-def evaluated(shared_data_dir, tmp_path_factory):
-    """A VAE and an AE, each trained one epoch and evaluated: {model: (run dir, metrics, eval dir, eval.json, report)}.
-
-    Both trainings run as one sweep and both evaluations as one: starting a process (Lightning's
-    import) is most of the time of such tiny runs.
-    """
-    log_dir = tmp_path_factory.mktemp("eval") / "outputs"
-    _ok(run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
-                        "callbacks.latent_panels.every_n_epochs=0", "model=vae,ae"))
-    runs = {d.parent.name.split("_", 1)[1].split("-")[0]: d.parent for d in log_dir.glob("multirun/*/*/*/metrics.json")}
-    metrics = {m: json.loads((runs[m] / "metrics.json").read_text()) for m in ("vae", "ae")}
-    # No data overrides: eval takes them from the training runs' .hydra/config.yaml.
-    checkpoints = ",".join(metrics[m]["best_checkpoint"] for m in ("vae", "ae"))
-    # Its own classifier folder: other test files may already have cached one beside the shared data.
-    _ok(run_entry_point("-m", f"ckpt_path={checkpoints}", f"paths.log_dir={log_dir}", f"eval.k={K}",
-                        "eval.n_samples=200", f"eval.classifier_dir={log_dir.parent / 'classifiers'}", script="eval.py"))
+    log_dir = built_once(tmp_path_factory, "eval_vae_ae_evaluated", build) / "outputs"
     out = {}
     for job, model in enumerate(("vae", "ae")):
         (eval_dir,) = log_dir.glob(f"evals/*/*_multi/{job}_*")
-        out[model] = (runs[model], metrics[model], eval_dir, json.loads((eval_dir / "eval.json").read_text()),
+        out[model] = (trained[model], metrics[model], eval_dir, json.loads((eval_dir / "eval.json").read_text()),
                       (eval_dir / "report.md").read_text())
     return out
 
@@ -104,7 +103,7 @@ def _assert_panels(eval_dir: Path, record: dict, report: str, names: set[str]) -
 
 
 @pytest.mark.slow
-def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
+def test_vae_eval_reports_nll_below_nelbo(evaluated, trained):
     run_dir, metrics, eval_dir, record, report = evaluated["vae"]
     assert eval_dir.name.endswith(f"{run_dir.name.split('_', 1)[1]}_{Path(metrics['best_checkpoint']).stem}")
     assert record["eval/k"] == K and record["eval/images"] == metrics["data/test_size"]
@@ -112,7 +111,7 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
     assert record["test/nll_gap"] == pytest.approx(record["test/nelbo"] - record["test/nll"])
     assert record["test/nll"] <= record["test/nelbo_same_samples"]  # Jensen, on the same samples
     # The KL is exact given the encoder: the same number as the module's own loss on the same images.
-    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], trained["data_dir"])
     assert record["test/kl"] == pytest.approx(whole["kl"], rel=1e-5)
     assert record["test/kl"] == pytest.approx(metrics["test/kl"], rel=TRAINING_TEST_REL)
     assert sum(record["test/kl_per_dim"]) == pytest.approx(record["test/kl"], rel=1e-5)
@@ -133,13 +132,13 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, shared_data_dir):
 
 
 @pytest.mark.slow
-def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
+def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, trained):
     run_dir, metrics, eval_dir, record, report = evaluated["ae"]
     assert "test/nll" not in record and "test/kl" not in record and "test/nll_is_likelihood" not in record
     assert set(record["not_applicable"]) == {"test/nll", "test/kl"}
     assert "Not applicable to model=ae" in report and "no density p(x)" in report
     # An AE's reconstruction is deterministic: exactly the module's own loss on the same images.
-    whole = _whole_test_set_losses(metrics["best_checkpoint"], shared_data_dir)
+    whole = _whole_test_set_losses(metrics["best_checkpoint"], trained["data_dir"])
     assert record["test/recon"] == pytest.approx(whole["recon"], rel=1e-5)
     assert record["test/recon"] == pytest.approx(metrics["test/recon"], rel=TRAINING_TEST_REL)
     assert "completeness/fitted_gaussian_confidence" in record
@@ -150,48 +149,54 @@ def test_ae_eval_says_nll_and_kl_do_not_apply(evaluated, shared_data_dir):
 
 
 @pytest.mark.slow
-def test_eval_sweep_with_a_failed_job_exits_non_zero_and_keeps_the_others(evaluated, tmp_path):
+def test_eval_sweep_with_a_failed_job_exits_non_zero_and_keeps_the_others(evaluated, tmp_path, capfd):
     good = evaluated["ae"][1]["best_checkpoint"]
-    result = run_entry_point("-m", f"ckpt_path={good},{tmp_path / 'missing.ckpt'}", f"paths.log_dir={tmp_path}",
-                             f"eval.k={K}", "eval.n_samples=200", script="eval.py")
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
+    classifiers = evaluated["ae"][2].parents[4] / "classifiers"  # evaluated's: cached there, only read
+    code = run_entry_point_in_process("-m", f"ckpt_path={good},{tmp_path / 'missing.ckpt'}", f"paths.log_dir={tmp_path}",
+                                      f"eval.k={K}", "eval.n_samples=200", f"eval.classifier_dir={classifiers}",
+                                      script="eval.py")
+    output = "".join(capfd.readouterr())
+    assert code == 1, output[-3000:]
     assert "1 of 2 evaluations failed" in output and "missing.ckpt must be the path of an existing .ckpt file" in output
     (good_dir,) = tmp_path.glob("evals/*/*_multi/0_*")
     assert json.loads((good_dir / "eval.json").read_text())["checkpoint"] == str(Path(good).resolve())
+    assert not list(tmp_path.glob("evals/*/*_multi/1_*/eval.json"))
 
 
 @pytest.mark.slow
 def test_compare_reads_the_records_that_train_py_leaves(evaluated, tmp_path):
-    import subprocess
-    import sys
-
-    from vaelab.reports.compare import load_runs
+    """compare's own process is checked in test_compare.py; here its main() reads train.py's records."""
+    from vaelab.reports.compare import load_runs, main
 
     run_dirs_ = [evaluated[m][0] for m in ("vae", "ae")]
     runs = load_runs(run_dirs_)
     assert runs[0].curves["val/recon"][0][0] == 0 and "val/kl" in runs[0].curves and "val/kl" not in runs[1].curves
-    result = subprocess.run([sys.executable, "-m", "vaelab.reports.compare", *map(str, run_dirs_), "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert main([*map(str, run_dirs_), "--out", str(tmp_path)]) == 0
     text = (tmp_path / "compare.md").read_text()
     assert "| vae β=1 z=4 | vae | 1 | 4 | mse | 1 | completed |" in text and "| ae z=4 | ae | – | 4 |" in text
     assert {p.name for p in tmp_path.glob("*.png")} == {"recon_vs_epoch.png", "kl_vs_epoch.png", "nelbo_vs_epoch.png",
                                                          "rate_distortion.png"}
 
 
-@pytest.fixture(scope="module")
-def bce_evaluated(shared_data_dir, tmp_path_factory):
+@pytest.fixture(scope="session")
+def bce_evaluated(trained, tmp_path_factory):
     """A bce VAE trained one epoch on grey images and evaluated on the grey test images
-    (data.binarize=none) and on binarised ones (dynamic: one fixed draw), in one eval sweep:
-    {binarize: (eval.json, report)}."""
-    log_dir = tmp_path_factory.mktemp("eval_bce") / "outputs"
-    _ok(run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
-                        "callbacks.latent_panels.every_n_epochs=0", "model.recon_loss=bce"))
-    (run_dir,) = run_dirs(log_dir)
-    checkpoint = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
-    _ok(run_entry_point("-m", f"ckpt_path={checkpoint}", f"paths.log_dir={log_dir}", f"eval.k={K}",
-                        "eval.n_samples=200", "data.binarize=none,dynamic", script="eval.py"))
+    (data.binarize=none) and on binarised ones (dynamic: one fixed draw), in one eval sweep, all
+    in-process and once per session for all workers: {binarize: (eval.json, report)}."""
+
+    def build(directory: Path) -> None:
+        log_dir = directory / "outputs"
+        code = run_entry_point_in_process(*small_run_overrides(trained["data_dir"], log_dir), "logger=csv",
+                                          "trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0",
+                                          "model.recon_loss=bce")
+        assert code == 0, f"the bce training exited with {code}; see {log_dir}"
+        (run_dir,) = run_dirs(log_dir)
+        checkpoint = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+        code = run_entry_point_in_process("-m", f"ckpt_path={checkpoint}", f"paths.log_dir={log_dir}", f"eval.k={K}",
+                                          "eval.n_samples=200", "data.binarize=none,dynamic", script="eval.py")
+        assert code == 0, f"the bce eval sweep exited with {code}; see {log_dir}"
+
+    log_dir = built_once(tmp_path_factory, "eval_bce_evaluated", build) / "outputs"
     out = {}
     for path in log_dir.glob("evals/*/*_multi/*/eval.json"):
         record = json.loads(path.read_text())
@@ -217,8 +222,7 @@ def test_bce_nll_is_named_a_cross_entropy_on_grey_images_and_a_density_on_binari
 
 
 @pytest.mark.slow
-def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_are_binarised(bce_evaluated,
-                                                                                            shared_data_dir):
+def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_are_binarised(bce_evaluated, trained):
     import torch
 
     from vaelab.data import MNISTDataModule
@@ -229,7 +233,7 @@ def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_ar
     classifier.load_state_dict(torch.load(binary["classifier/path"], weights_only=True))
 
     def test_images(binarize):
-        dm = MNISTDataModule(data_dir=str(shared_data_dir), source="local", val_size=128, binarize=binarize)
+        dm = MNISTDataModule(data_dir=str(trained["data_dir"]), source="local", val_size=128, binarize=binarize)
         dm.load()
         return grey_levels(dm.splits["test"][0])  # uint8 0..255, binarised ones 0/255
 
@@ -265,7 +269,7 @@ def _write_bad_checkpoint(kind: str, path: Path, marker: Path, request) -> None:
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "truncated":  # the first half of a checkpoint that train.py wrote
-        real = Path(request.getfixturevalue("evaluated")["vae"][1]["best_checkpoint"]).read_bytes()
+        real = (request.getfixturevalue("trained")["vae"] / "checkpoints" / "last.ckpt").read_bytes()
         path.write_bytes(real[: len(real) // 2])
     elif kind == "text":
         path.write_text("not a checkpoint\n")
@@ -274,21 +278,30 @@ def _write_bad_checkpoint(kind: str, path: Path, marker: Path, request) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "env", "says"), [
-    ("empty", {}, "is not a readable checkpoint"),
-    ("truncated", {}, "is not a readable checkpoint"),
-    ("text", {}, "is not a readable checkpoint"),
-    ("hostile", {}, "is not a safe vaelab checkpoint"),
-    ("hostile", {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, "is not a safe vaelab checkpoint"),
+@pytest.mark.parametrize(("kind", "env", "says", "in_a_process"), [
+    ("empty", {}, "is not a readable checkpoint", False),
+    ("truncated", {}, "is not a readable checkpoint", False),
+    ("text", {}, "is not a readable checkpoint", False),
+    ("hostile", {}, "is not a safe vaelab checkpoint", False),
+    # As a user meets it: `python eval.py` in a process of its own, its exit code and all it prints.
+    ("hostile", {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, "is not a safe vaelab checkpoint", True),
 ])
-def test_a_bad_checkpoint_ends_eval_with_one_line_and_none_of_it_runs(kind, env, says, tmp_path, request, monkeypatch):
+def test_a_bad_checkpoint_ends_eval_with_one_line_and_none_of_it_runs(kind, env, says, in_a_process, tmp_path, request,
+                                                                       monkeypatch, capfd):
     path, marker = tmp_path / f"{kind}.ckpt", tmp_path / "marker"
     _write_bad_checkpoint(kind, path, marker, request)
     for name, value in env.items():  # run_entry_point passes this process's environment on
         monkeypatch.setenv(name, value)
-    result = run_entry_point(f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'outputs'}", script="eval.py", timeout=120)
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, "\n".join(lines)[-3000:]
+    args = (f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'outputs'}")
+    if in_a_process:
+        result = run_entry_point(*args, script="eval.py", timeout=120)
+        code, output = result.returncode, result.stdout + result.stderr
+    else:
+        capfd.readouterr()  # what came before (a fixture built for this test) is not eval's
+        code = run_entry_point_in_process(*args, script="eval.py")
+        output = "".join(capfd.readouterr())
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, "\n".join(lines)[-3000:]
     assert "[ERROR]" in lines[0] and f"{path} {says}" in lines[0]
     assert not marker.exists()  # the payload never ran
     assert not list((tmp_path / "outputs").rglob("eval.json"))
@@ -320,15 +333,21 @@ def untrained_checkpoint(tmp_path) -> Path:
     return path
 
 
+def _read_only(folder: Path, monkeypatch) -> None:
+    """`folder` (made 0o555) as a user who cannot write it sees it: root writes into a 0o555 directory,
+    so for root os.access says what it would say to another user."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        allowed = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == folder and mode & os.W_OK
+                            else allowed(p, mode, *a, **k))
+
+
 def test_an_unwritable_classifier_dir_is_refused_before_any_evaluation(untrained_checkpoint, data_dir, tmp_path,
                                                                        capsys, monkeypatch):
     read_only = tmp_path / "classifiers"
     read_only.mkdir()
-    read_only.chmod(0o555)
-    if os.geteuid() == 0:  # root writes into a 0o555 directory: show eval what another user would see
-        allowed = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == read_only and mode & os.W_OK
-                            else allowed(p, mode, *a, **k))
+    _read_only(read_only, monkeypatch)
     try:
         code = run_entry_point_in_process(f"ckpt_path={untrained_checkpoint}", f"paths.log_dir={tmp_path / 'outputs'}",
                                           f"data.data_dir={data_dir}", "data.source=local", "data.val_size=128",
@@ -344,11 +363,34 @@ def test_an_unwritable_classifier_dir_is_refused_before_any_evaluation(untrained
     assert not list((tmp_path / "outputs").rglob("eval.json"))
 
 
-def test_a_cached_classifier_is_read_from_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
-    from vaelab.tasks.eval import check_classifier_cache
+def test_a_cached_classifier_is_read_from_a_folder_that_cannot_be_written(untrained_checkpoint, data_dir, tmp_path,
+                                                                           monkeypatch):
+    """The evaluation goes on with the cached classifier: it judges with it and writes nothing beside it."""
+    import torch
 
-    cached = tmp_path / "classifiers" / "mnist-0123.pt"
+    from vaelab.data import load_images
+    from vaelab.evaluation.classifier import LabelClassifier, accuracy, cache_path
+
+    images = load_images("mnist", data_dir, "local")
+    cached = cache_path(images, tmp_path / "classifiers", "mnist")
     cached.parent.mkdir()
-    cached.write_bytes(b"weights")
-    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
-    check_classifier_cache(cached)  # only read: no error
+    torch.manual_seed(0)
+    classifier = LabelClassifier(28 * 28).eval()  # untrained: its accuracy is its own, no other classifier's
+    torch.save(classifier.state_dict(), cached)
+    before = {p.name: p.read_bytes() for p in cached.parent.iterdir()}
+    _read_only(cached.parent, monkeypatch)
+    try:
+        code = run_entry_point_in_process(f"ckpt_path={untrained_checkpoint}", f"paths.log_dir={tmp_path / 'outputs'}",
+                                          f"data.data_dir={data_dir}", "data.source=local", "data.val_size=128",
+                                          "eval.k=5", "eval.max_images=60", "eval.n_samples=50",
+                                          f"eval.classifier_dir={cached.parent}", script="eval.py")
+    finally:
+        cached.parent.chmod(0o755)
+    assert code == 0
+    (record_file,) = (tmp_path / "outputs").rglob("eval.json")
+    record = json.loads(record_file.read_text())
+    assert record["classifier/cached"] is True and record["classifier/path"] == str(cached)
+    with torch.no_grad():
+        assert record["classifier/test_accuracy"] == accuracy(classifier, images.test_images, images.test_labels)
+    assert 0 < record["completeness/test_confidence"] < 1
+    assert {p.name: p.read_bytes() for p in cached.parent.iterdir()} == before  # only read

@@ -1,12 +1,15 @@
 """Fault injection: what survives a fault, what is lost, and what the user reads.
 
-Real processes where the fault is a signal (kill -9, SIGTERM, a killed DDP rank); the others run
+Real processes where the fault is a signal (kill -9, SIGTERM, SIGUSR2, a killed DDP rank): `train.py`
+forked from this process, which has imported torch and Lightning already (`_Forked`), and a freshly
+started `python train.py` for the killed DDP rank (`_exec`); the others run
 `train.py` in this process (runpy) with the fault put into the one function it hits: a writer
 that finds the disk full, a checkpoint file that is corrupt or hostile, a run directory that
 another process holds. Each test adds a row to the table printed at the end of the session
 (conftest.pytest_terminal_summary): fault, what survived, what was lost.
 """
 
+import atexit
 import csv
 import errno
 import json
@@ -14,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,11 +63,88 @@ def _one_line_error(capfd, *fragments: str) -> str:
     return errors[0]
 
 
-def _start(data_dir: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+class _Forked:
+    """`python train.py <args>` as a process of its own, forked from this one: torch and Lightning are
+    imported already, so it trains at once instead of spending seconds on imports. The child runs the
+    real entry point (run_entry_point_in_process) in the repository, with the environment a user's
+    shell gives it and its stdout and stderr in files; a signal reaches it as it reaches `python
+    train.py`. It ends as the interpreter would: it waits for the threads the run left (a run that
+    leaves one hangs here as it would there), runs the exit handlers the run registered (not this
+    process's), and exits with the entry point's code. For the faults whose behaviour does not depend
+    on a freshly started interpreter: a signal, kill -9. The part of Popen's interface the tests use."""
+
+    def __init__(self, *args: str, env: dict[str, str]):
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                atexit._clear()  # pytest's exit handlers are not the run's
+                os.dup2(self._out.fileno(), 1)
+                os.dup2(self._err.fileno(), 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                os.chdir(REPO)
+                os.environ.clear()
+                os.environ.update(env)
+                code = run_entry_point_in_process(*args)
+                for thread in threading.enumerate():  # as the interpreter does before it exits
+                    if thread is not threading.current_thread() and not thread.daemon:
+                        thread.join()
+                atexit._run_exitfuncs()
+            except BaseException:  # noqa: B036 (nothing may run on into pytest's code in the child)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float = 120) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise subprocess.TimeoutExpired(["train.py"], timeout)
+            time.sleep(0.05)
+        return tuple(f.seek(0) or f.read().decode(errors="replace") for f in (self._out, self._err))
+
+
+def _start(data_dir: Path, run_dir: Path, *extra: str) -> _Forked:
+    return _start_entry_point(*_overrides(data_dir, run_dir, *extra))
+
+
+def _exec(data_dir: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """`python train.py ...` started afresh, for a fault whose outcome depends on the whole life of
+    the interpreter (a killed DDP rank: rank 0 must notice and its interpreter exit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "MASTER_"))}
     env.update(WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *_overrides(data_dir, run_dir, *extra)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start_entry_point(*args: str) -> _Forked:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "MASTER_", "PYTEST_"))}
+    return _Forked(*args, env={**env, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"})
 
 
 def _wait_for(process: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
@@ -298,7 +380,7 @@ def test_a_diverged_or_nan_run_ends_failed_in_one_line(shared_data_dir, tmp_path
 
 def test_a_killed_ddp_rank_ends_the_run_without_hanging(shared_data_dir, tmp_path):
     run_dir = tmp_path / "ddp"
-    process = _start(shared_data_dir, run_dir, "trainer.devices=2", "trainer.max_epochs=50")
+    process = _exec(shared_data_dir, run_dir, "trainer.devices=2", "trainer.max_epochs=50")
     _wait_for(process, lambda: _logged_steps(run_dir) >= 3, "3 logged steps", timeout=180)
     ranks = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert ranks, "rank 1 was not found among the children of rank 0"
@@ -313,11 +395,8 @@ def test_a_killed_ddp_rank_ends_the_run_without_hanging(shared_data_dir, tmp_pat
 
 def test_a_preempted_sweep_records_its_job_as_interrupted_and_starts_no_other(shared_data_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LOCAL_RANK", "NODE_RANK", "MASTER_"))}
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), "-m", *small_run_overrides(shared_data_dir, tmp_path / "logs"), *FAST,
-         NO_PANELS, "model.beta=1,2", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_entry_point("-m", *small_run_overrides(shared_data_dir, tmp_path / "logs"), *FAST, NO_PANELS,
+                                 "model.beta=1,2", f"hydra.sweep.dir={sweep_dir}")
     first_job = lambda: next(iter(sorted(sweep_dir.glob("0_*"))), sweep_dir / "none")  # noqa: E731
     _wait_for(process, lambda: _logged_steps(first_job()) >= 5, "5 logged steps of job 0")
     process.send_signal(signal.SIGTERM)

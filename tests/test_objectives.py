@@ -295,6 +295,10 @@ TRAINED = {
 }
 
 
+# The tests on it stay on one pytest-xdist worker (make test: --dist loadgroup): it is trained once.
+on_evaluated_objectives = pytest.mark.xdist_group("evaluated_objectives")
+
+
 @pytest.fixture(scope="module")
 def evaluated_objectives(shared_data_dir, tmp_path_factory):
     """Each of TRAINED trained one epoch and evaluated, in this process: {name: eval.json}."""
@@ -317,6 +321,7 @@ def evaluated_objectives(shared_data_dir, tmp_path_factory):
     return records
 
 
+@on_evaluated_objectives
 def test_eval_scores_density_likelihoods_in_nats(evaluated_objectives):
     for record in evaluated_objectives.values():
         assert record["test/nll_is_likelihood"] is True and record["test/nll_constant"] == 0
@@ -324,6 +329,7 @@ def test_eval_scores_density_likelihoods_in_nats(evaluated_objectives):
         assert math.isfinite(record["test/nll"]) and record["test/nll"] <= record["test/nelbo"] + 0.5
 
 
+@on_evaluated_objectives
 def test_eval_reports_the_objective_each_model_was_trained_on(evaluated_objectives):
     iwae = evaluated_objectives["iwae-gaussian"]
     assert iwae["objective"] == "iwae" and iwae["recon_loss"] == "gaussian"

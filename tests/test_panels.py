@@ -1,4 +1,5 @@
-"""Latent diagnostics and image panels: active units on a constructed encoder, panel files of a real run."""
+"""Latent diagnostics and image panels: active units on a constructed encoder, panel files of a real run
+(train.py through the real entry point, in-process)."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_dirs, run_entry_point, small_run_overrides
+from conftest import built_once, run_dirs, run_entry_point_in_process, small_run_overrides, write_synthetic_dataset
 from vaelab.evaluation.latent import active_units, activity, encode, kl_per_dim, most_active_first, project_2d
 from vaelab.models import Codes, gaussian_kl
 
@@ -60,13 +61,22 @@ GRID_PANELS = {  # name: (rows, columns) with the callback's defaults, latent_di
 CHART_PANELS = {"latent_scatter": (500, 500), "kl_per_dim": (300, 600)}
 
 
-@pytest.fixture(scope="module")
-def vae_run(shared_data_dir, tmp_path_factory) -> Path:
-    log_dir = tmp_path_factory.mktemp("panels") / "outputs"
-    result = run_entry_point(*small_run_overrides(shared_data_dir, log_dir), "trainer.max_epochs=3",
-                             "callbacks.latent_panels.every_n_epochs=2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run_dir,) = run_dirs(log_dir)
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory) -> Path:
+    """A VAE trained 3 epochs with the default loggers (W&B offline, CSV), panels every 2nd epoch, on
+    its own synthetic data (`data_dir` beside the run's `outputs`): its run directory. In-process,
+    once per session for all pytest-xdist workers (conftest.built_once)."""
+
+    def build(directory: Path) -> None:
+        write_synthetic_dataset(directory / "data")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("WANDB_MODE", "offline")
+            env.setenv("WANDB_SILENT", "true")
+            code = run_entry_point_in_process(*small_run_overrides(directory / "data", directory / "outputs"),
+                                              "trainer.max_epochs=3", "callbacks.latent_panels.every_n_epochs=2")
+        assert code == 0, f"the panels' training exited with {code}; see {directory / 'outputs'}"
+
+    (run_dir,) = run_dirs(built_once(tmp_path_factory, "panels_vae_run", build) / "outputs")
     return run_dir
 
 
@@ -109,13 +119,13 @@ def test_diagnostics_and_panels_reach_wandb(vae_run):
 
 
 @pytest.mark.slow
-def test_active_units_of_the_best_epoch_match_its_checkpoint(vae_run, shared_data_dir):
+def test_active_units_of_the_best_epoch_match_its_checkpoint(vae_run):
     from vaelab.data import MNISTDataModule
     from vaelab.training import LitAutoencoder
 
     metrics = json.loads((vae_run / "metrics.json").read_text())
     module = LitAutoencoder.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
-    dm = MNISTDataModule(data_dir=str(shared_data_dir), source="local", val_size=128)
+    dm = MNISTDataModule(data_dir=str(vae_run.parents[3] / "data"), source="local", val_size=128)
     dm.load()
     images, labels = dm.splits["val"]
     x, _ = dm.on_after_batch_transfer((images, labels), 0)

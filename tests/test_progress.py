@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import run_dirs, run_entry_point_in_process, small_run_overrides, synthetic_images
+from conftest import run_entry_point_in_process, synthetic_images
 from test_nll import _log_likelihood, _model, _posterior
 
 # eval.py's stages for a plain VAE (no "objective": its loss is recon + β·kl)
@@ -80,14 +80,10 @@ def test_the_classifier_logs_a_line_per_epoch_with_its_accuracy_and_time(caplog)
     assert [int(r.getMessage().split()[2].split("/")[0]) for r in caplog.records] == [3, 6, 9, 12, 15, 18, 21, 24, 25]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(shared_data_dir, tmp_path_factory) -> str:
-    """A VAE trained one epoch, in this process."""
-    log_dir = tmp_path_factory.mktemp("progress") / "outputs"
-    assert run_entry_point_in_process(*small_run_overrides(shared_data_dir, log_dir), "logger=csv", "trainer.max_epochs=1",
-                                      "callbacks.latent_panels=null") == 0
-    (run_dir,) = run_dirs(log_dir)
-    return json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+@pytest.fixture
+def checkpoint(trained) -> str:
+    """A VAE trained one epoch (test_eval.py's, trained once per session, in-process): its best checkpoint."""
+    return json.loads((trained["vae"] / "metrics.json").read_text())["best_checkpoint"]
 
 
 def _evaluate(checkpoint, log_dir, classifier_dir):

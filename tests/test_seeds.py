@@ -2,13 +2,14 @@
 
 The reference numbers are computed here, by hand, from the jobs' metrics.json files with the
 statistics module (exact arithmetic), and compared with what summary_by_seed.csv, summary.md,
-compare.md and the rate–distortion chart's points hold. One real 2×2 sweep
-(`python train.py -m model.beta=1,2 seed=0,1`) is shared by the slow tests of this file.
+compare.md and the rate–distortion chart's points hold. The slow tests read the real 2×2 sweep
+`train.py -m model.beta=1,4 seed=0,1` that tests/shared_runs.py trains once for the whole session.
 """
 
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 import statistics
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from conftest import REPO, run_entry_point, small_run_overrides
+from conftest import REPO
+from vaelab.naming import SweptKeys
 from vaelab.reports.compare import group_runs, load_runs, find_runs, main as compare_main, rate_distortion_points
 from vaelab.reports.summary import CSV_FILE, MD_FILE, SEEDS_CSV_FILE, mean_std, write_summary
 
@@ -35,7 +39,7 @@ def _metrics(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
 
-def _by_hand(job_dirs: list[Path]) -> dict[float, dict[str, tuple[float, float, int]]]:
+def _by_hand(job_dirs: list[Path], metrics=METRICS) -> dict[float, dict[str, tuple[float, float, int]]]:
     """Per β, per metric: (mean, sample std, n) over the completed jobs, with the statistics module."""
     records = [_metrics(d) for d in job_dirs]
     records = [r for r in records if r["status"] == "completed"]
@@ -43,7 +47,7 @@ def _by_hand(job_dirs: list[Path]) -> dict[float, dict[str, tuple[float, float, 
     for beta in sorted({r["beta"] for r in records}):
         group = [r for r in records if r["beta"] == beta]
         out[beta] = {m: (statistics.mean(r[m] for r in group), statistics.stdev(r[m] for r in group), len(group))
-                     for m in METRICS}
+                     for m in metrics}
     return out
 
 
@@ -82,13 +86,41 @@ def _compose(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
-def test_beta_seeds_experiment_is_5_betas_times_3_seeds():
+def test_the_beta_seeds_experiment_sweeps_15_jobs_that_group_into_5_betas_of_3_seeds(tmp_path):
+    """`python train.py experiment=beta_seeds` (no -m): the basic sweeper expands it into 15 VAE jobs,
+    each named by its β and seed, and the summary's grouping (the saved configs less seed) makes of
+    them one group per β with seeds 0 1 2."""
+    from vaelab.reports.summary import seed_group_key
+
     cfg = _compose("experiment=beta_seeds")
-    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.model.name == "vae" and cfg.optimized_metric == "val/nelbo"
-    params = dict(cfg.hydra.sweeper.params)
-    assert params == {"model.beta": "0.5,1,2,4,8", "seed": "0,1,2"}
-    assert len(list(itertools.product(*(v.split(",") for v in params.values())))) == 15
-    GlobalHydra.instance().clear()
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric == "val/nelbo"
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = ["experiment=beta_seeds"]  # as Hydra has them at the start of a multirun
+    environ = dict(os.environ)
+    try:
+        SweptKeys().on_multirun_start(cfg)  # the keys the jobs' names show
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            configs = [compose(config_name="train", overrides=["experiment=beta_seeds", *job], return_hydra_config=True)
+                       for job in jobs]
+        names = [c.run_name for c in configs]
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        GlobalHydra.instance().clear()
+    assert names == [f"vae-z16-beta{beta}-seed{seed}" for beta in ("0.5", "1", "2", "4", "8") for seed in (0, 1, 2)]
+    assert {(c.model.name, c.model.latent_dim) for c in configs} == {("vae", 16)}
+    groups = {}
+    for num, cfg in enumerate(configs):  # each job's .hydra/config.yaml as Hydra saves it: no hydra key, unresolved
+        job = tmp_path / str(num) / ".hydra"
+        job.mkdir(parents=True)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.save(cfg, job / "config.yaml")
+        groups.setdefault(seed_group_key(job.parent), []).append((cfg.model.beta, cfg.seed))
+    assert sorted(groups.values()) == [[(beta, 0), (beta, 1), (beta, 2)] for beta in (0.5, 1, 2, 4, 8)]
 
 
 def test_mean_std_is_the_sample_statistics_in_float64():
@@ -135,18 +167,9 @@ def test_runs_are_grouped_by_their_settings_less_seed_and_locations(tmp_path):
     assert (second.kl.mean, second.kl.std, second.recon.std, second.label) == (9.0, None, None, "vae β=1 z=4 (model.lr=0.01)")
 
 
-# -- slow: a real 2×2 grid, β × seed ------------------------------------------------------------
+# -- slow: a real 2×2 grid, β × seed (tests/shared_runs.py) -------------------------------------------
 
-@pytest.fixture(scope="module")
-def seed_grid(shared_data_dir, tmp_path_factory) -> Path:
-    """`python train.py -m model.beta=1,2 seed=0,1`, one epoch each: its sweep directory."""
-    log_dir = tmp_path_factory.mktemp("seeds") / "outputs"
-    overrides = [o for o in small_run_overrides(shared_data_dir, log_dir) if not o.startswith("trainer.max_epochs")]
-    result = run_entry_point("-m", *overrides, "trainer.max_epochs=1", "logger=csv", "callbacks.latent_panels=null",
-                             "model.beta=1,2", "seed=0,1", timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    (sweep_dir,) = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
-    return sweep_dir
+BETAS = (1, 4)
 
 
 def _jobs(sweep_dir: Path) -> list[Path]:
@@ -154,60 +177,59 @@ def _jobs(sweep_dir: Path) -> list[Path]:
 
 
 @slow
-def test_summary_aggregates_the_seed_grid_as_computed_by_hand(seed_grid):
-    jobs = _jobs(seed_grid)
+def test_summary_aggregates_the_beta_seed_grid_as_computed_by_hand(beta_seed_grid):
+    jobs = _jobs(beta_seed_grid)
     assert [j.name.split("_", 1)[1] for j in jobs] == ["vae-z4-beta1-seed0", "vae-z4-beta1-seed1",
-                                                       "vae-z4-beta2-seed0", "vae-z4-beta2-seed1"]
+                                                       "vae-z4-beta4-seed0", "vae-z4-beta4-seed1"]
     expected = _by_hand(jobs)
-    assert set(expected) == {1, 2}
+    assert set(expected) == set(BETAS)
 
     # summary.csv keeps one row per job, its columns as before
-    per_job = _read_csv(seed_grid / CSV_FILE)
-    assert [r["overrides"] for r in per_job] == ["model.beta=1 seed=0", "model.beta=1 seed=1", "model.beta=2 seed=0",
-                                                "model.beta=2 seed=1"]
+    per_job = _read_csv(beta_seed_grid / CSV_FILE)
+    assert [r["overrides"] for r in per_job] == ["model.beta=1 seed=0", "model.beta=1 seed=1", "model.beta=4 seed=0",
+                                                "model.beta=4 seed=1"]
     assert list(per_job[0]) == ["job", "run_name", "status", "overrides", *METRICS, "error", "run_dir"]
 
-    groups = _read_csv(seed_grid / SEEDS_CSV_FILE)
+    groups = _read_csv(beta_seed_grid / SEEDS_CSV_FILE)
     assert list(groups[0]) == ["group", "overrides", "seeds", "n", "failed", "jobs",
                                *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
     assert [(g["overrides"], g["seeds"], g["n"], g["failed"], g["jobs"]) for g in groups] == [
-        ("model.beta=1", "0 1", "2", "0", "0 1"), ("model.beta=2", "0 1", "2", "0", "2 3")]
-    for group, beta in zip(groups, (1, 2)):
+        ("model.beta=1", "0 1", "2", "0", "0 1"), ("model.beta=4", "0 1", "2", "0", "2 3")]
+    for group, beta in zip(groups, BETAS):
         for metric in METRICS:
             mean, std, _ = expected[beta][metric]
             assert float(group[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12, abs=1e-12)
             assert float(group[f"{metric}_std"]) == pytest.approx(std, rel=1e-9, abs=1e-12)
 
-    md = (seed_grid / MD_FILE).read_text()
+    md = (beta_seed_grid / MD_FILE).read_text()
     assert len(_table(md, "# Sweep")) == 4  # the per-job table as before
     rows = _table(md, "## Across seeds")
     assert [(r["overrides"], r["seeds"], r["n"], r["failed"]) for r in rows] == [("model.beta=1", "0 1", "2", "0"),
-                                                                                ("model.beta=2", "0 1", "2", "0")]
-    for row, beta in zip(rows, (1, 2)):
+                                                                                ("model.beta=4", "0 1", "2", "0")]
+    for row, beta in zip(rows, BETAS):
         for metric in METRICS:
             _assert_cell(row[metric], expected[beta][metric])
 
 
 @slow
-def test_compare_aggregates_the_seed_grid_as_computed_by_hand(seed_grid, tmp_path, capsys):
+def test_compare_aggregates_the_beta_seed_grid_as_computed_by_hand(beta_seed_grid, tmp_path, capsys):
     out = tmp_path / "report"
-    assert compare_main([str(seed_grid), "--out", str(out)]) == 0
+    assert compare_main([str(beta_seed_grid), "--out", str(out)]) == 0
     assert "compare:" not in capsys.readouterr().err  # four runs: no stage lines
-    expected = _by_hand(_jobs(seed_grid))
+    expected = _by_hand(_jobs(beta_seed_grid), [*METRICS, "val/active_units"])
     md = (out / "compare.md").read_text()
     assert len(_table(md, "# Comparison of runs")) == 4  # one row per run, as before
     rows = _table(md, "## Across seeds")
     assert [(r["group"], r["β"], r["seeds"], r["n"], r["failed"]) for r in rows] == [
-        ("vae β=1 z=4", "1", "0 1", "2", "0"), ("vae β=2 z=4", "2", "0 1", "2", "0")]
-    for row, beta in zip(rows, (1, 2)):
-        for metric in ("test/recon", "test/kl", "test/loss", "test/nelbo", "val/loss"):
+        ("vae β=1 z=4", "1", "0 1", "2", "0"), ("vae β=4 z=4", "4", "0 1", "2", "0")]
+    for row, beta in zip(rows, BETAS):
+        for metric in ("test/recon", "test/kl", "test/loss", "test/nelbo", "val/loss", "val/active_units"):
             _assert_cell(row[metric], expected[beta][metric])
-        assert row["val/active_units"] == "–"  # no run logged it (latent panels off)
 
     # the chart: one point per β at the mean, bars of ±1 std in both axes
-    points = rate_distortion_points(group_runs(load_runs(find_runs([seed_grid]))))
-    assert [p.label for p in points] == ["vae β=1 z=4 (n=2)", "vae β=2 z=4 (n=2)"]
-    for point, beta in zip(points, (1, 2)):
+    points = rate_distortion_points(group_runs(load_runs(find_runs([beta_seed_grid]))))
+    assert [p.label for p in points] == ["vae β=1 z=4 (n=2)", "vae β=4 z=4 (n=2)"]
+    for point, beta in zip(points, BETAS):
         for stat, metric in ((point.kl, "test/kl"), (point.recon, "test/recon")):
             mean, std, n = expected[beta][metric]
             assert (stat.mean, stat.std, stat.n) == (pytest.approx(mean, rel=1e-12), pytest.approx(std, rel=1e-9), n)
@@ -217,13 +239,13 @@ def test_compare_aggregates_the_seed_grid_as_computed_by_hand(seed_grid, tmp_pat
 
 
 @slow
-def test_a_failed_and_a_missing_job_are_counted_not_averaged(seed_grid, tmp_path, capsys):
+def test_a_failed_and_a_missing_job_are_counted_not_averaged(beta_seed_grid, tmp_path, capsys):
     """A copy of the grid with a third seed of β=1 that failed (its metrics.json written by
-    hand, with a value that must not enter the mean) and a third of β=2 that never finished."""
+    hand, with a value that must not enter the mean) and a third of β=4 that never finished."""
     sweep = tmp_path / "sweep"
-    shutil.copytree(seed_grid, sweep, ignore=shutil.ignore_patterns("*.ckpt"))
+    shutil.copytree(beta_seed_grid, sweep, ignore=shutil.ignore_patterns("*.ckpt"))
     jobs = _jobs(sweep)
-    for number, source, beta in ((4, jobs[0], 1), (5, jobs[2], 2)):
+    for number, source, beta in ((4, jobs[0], 1), (5, jobs[2], 4)):
         job = sweep / f"{number}_vae-z4-beta{beta}-seed2"
         (job / ".hydra").mkdir(parents=True)
         config = OmegaConf.load(source / ".hydra" / "config.yaml")
@@ -241,8 +263,8 @@ def test_a_failed_and_a_missing_job_are_counted_not_averaged(seed_grid, tmp_path
     assert len(_read_csv(sweep / CSV_FILE)) == 6
     groups = _read_csv(sweep / SEEDS_CSV_FILE)
     assert [(g["overrides"], g["seeds"], g["n"], g["failed"], g["jobs"]) for g in groups] == [
-        ("model.beta=1", "0 1", "2", "1", "0 1 4"), ("model.beta=2", "0 1", "2", "1", "2 3 5")]
-    for group, beta in zip(groups, (1, 2)):
+        ("model.beta=1", "0 1", "2", "1", "0 1 4"), ("model.beta=4", "0 1", "2", "1", "2 3 5")]
+    for group, beta in zip(groups, BETAS):
         assert float(group["val/recon_mean"]) == pytest.approx(expected[beta]["val/recon"][0], rel=1e-12)
     md_rows = _table((sweep / MD_FILE).read_text(), "## Across seeds")
     assert [(r["n"], r["failed"]) for r in md_rows] == [("2", "1"), ("2", "1")]
@@ -256,7 +278,7 @@ def test_a_failed_and_a_missing_job_are_counted_not_averaged(seed_grid, tmp_path
                   "compare: drew rate_distortion.png (2 points) in ", f"compare: wrote {out / 'compare.md'} in "):
         assert stage in err, err
     rows = _table((out / "compare.md").read_text(), "## Across seeds")
-    assert [(r["group"], r["n"], r["failed"]) for r in rows] == [("vae β=1 z=4", "2", "1"), ("vae β=2 z=4", "2", "0")]
+    assert [(r["group"], r["n"], r["failed"]) for r in rows] == [("vae β=1 z=4", "2", "1"), ("vae β=4 z=4", "2", "0")]
     _assert_cell(rows[0]["test/recon"], expected[1]["test/recon"])
     point = rate_distortion_points(group_runs(load_runs(find_runs([sweep]))))[0]
     assert (point.kl.mean, point.kl.n) == (pytest.approx(expected[1]["test/kl"][0], rel=1e-12), 2)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import (FAULT_TABLE, REPO, finish, one_device_test_losses, run_dirs, small_run_overrides,
+from conftest import (FAULT_TABLE, REPO, built_once, finish, one_device_test_losses, run_dirs, small_run_overrides,
                       start_entry_point)
 from vaelab import rundir
 from vaelab.sweeps.slurm import rank_settings
@@ -160,16 +161,42 @@ def test_several_processes_get_ddp_with_vaelabs_timeout(trainer, strategy):
 
 # -- on the cluster --------------------------------------------------------------------------------
 
+PLACEMENTS = {"one node": "trainer.devices=2", "two nodes": "trainer.num_nodes=2"}
+
+
 @pytest.fixture(scope="module")
-def beta_sweep(slurm_cluster, shared_data_dir, tmp_path_factory) -> Path:
-    """`model.beta=1,4`, one task each: the reference for the tests below (its job 0 is model.beta=1)."""
-    log_dir = tmp_path_factory.mktemp("beta_sweep")
-    result = _ok(finish(_start(slurm_cluster, shared_data_dir, log_dir, "model.beta=1,4", epochs=LONG_EPOCHS)), log_dir)
-    (log_dir / "console.txt").write_text(result.stdout + result.stderr)
-    return _sweep_dir(log_dir)
+def reference_sweeps(slurm_cluster, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three sweeps started at once (the cluster has room for all their jobs): "beta", `model.beta=1,4`
+    with one task each, and one job of 2 tasks per placement ("one node", "two nodes"). They are
+    the uninterrupted references of the preemption tests below (beta's job 0 is model.beta=1).
+    Built once per session (pytest-xdist sets a module's fixtures up again when the worker ran
+    another module's test in between)."""
+    sweeps = {"beta": "model.beta=1,4", **PLACEMENTS}
+
+    def build(directory: Path) -> None:
+        started = {name: _start(slurm_cluster, shared_data_dir, directory / name.replace(" ", "_"), override,
+                                epochs=LONG_EPOCHS) for name, override in sweeps.items()}
+        for name, process in started.items():
+            log_dir = directory / name.replace(" ", "_")
+            result = _ok(finish(process), log_dir)
+            (log_dir / "console.txt").write_text(result.stdout + result.stderr)
+
+    directory = built_once(tmp_path_factory, "slurm_reference_sweeps", build)
+    return {name: _sweep_dir(directory / name.replace(" ", "_")) for name in sweeps}
+
+
+@pytest.fixture(scope="module")
+def beta_sweep(reference_sweeps) -> Path:
+    return reference_sweeps["beta"]
+
+
+@pytest.fixture(scope="module")
+def two_task_sweeps(reference_sweeps) -> dict[str, Path]:
+    return {name: reference_sweeps[name] for name in PLACEMENTS}
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_a_beta_sweep_is_one_slurm_job_per_setting(beta_sweep):
     rows = _summary_rows(beta_sweep)
     assert [(r["status"], r["overrides"]) for r in rows] == [("completed", "model.beta=1"), ("completed", "model.beta=4")]
@@ -190,21 +217,8 @@ def test_a_beta_sweep_is_one_slurm_job_per_setting(beta_sweep):
     assert "SLURM sweep: 2 jobs" in console and "sacct" not in console and "accounting" not in console
 
 
-PLACEMENTS = {"one node": "trainer.devices=2", "two nodes": "trainer.num_nodes=2"}
-
-
-@pytest.fixture(scope="module")
-def two_task_sweeps(slurm_cluster, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
-    """One job on 2 tasks of one node, and one on 2 nodes, started at once (the cluster has room for both)."""
-    log_dirs = {name: tmp_path_factory.mktemp(name.replace(" ", "_")) for name in PLACEMENTS}
-    started = {name: _start(slurm_cluster, shared_data_dir, log_dirs[name], override, epochs=LONG_EPOCHS)
-               for name, override in PLACEMENTS.items()}
-    for name, process in started.items():
-        _ok(finish(process), log_dirs[name])
-    return {name: _sweep_dir(log_dir) for name, log_dir in log_dirs.items()}
-
-
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_a_job_on_two_tasks_or_two_nodes_is_one_run(two_task_sweeps, shared_data_dir):
     records = {}
     for name, sweep_dir in two_task_sweeps.items():
@@ -256,6 +270,7 @@ def _settled(cluster, slurm_id: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 @pytest.mark.parametrize("tasks", [1, 2])
 def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_cluster, shared_data_dir, tmp_path,
                                                                      beta_sweep, two_task_sweeps, tasks):
@@ -310,23 +325,56 @@ def test_a_preempted_job_is_requeued_and_finishes_in_its_run_directory(slurm_clu
                         "bitwise the uninterrupted test metrics", "nothing"))
 
 
+FAILURES = ("srun", "the rendezvous timeout", "never started")
+
+
+@pytest.fixture(scope="module")
+def failed_sweeps(slurm_cluster, shared_data_dir, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess, float]]:
+    """A sweep per way a job fails, started at once: (its log dir, its console, its seconds from start to exit).
+
+    "srun", "the rendezvous timeout": the data reached node n1 only, so rank 1, on n2, fails before the
+    ranks meet; srun stops rank 0, or (without --kill-on-bad-exit) DDP's timeout ends it.
+    "never started": the job's shell fails before srun starts Python (hydra.launcher.setup runs
+    first): no task, no run directory. Built once per session, as reference_sweeps."""
+    def run(log_dir: Path, name: str) -> None:
+        log_dir.mkdir()
+        if name == "never started":
+            data_dir, overrides = shared_data_dir, ["hydra.launcher.setup=[exit 3]", "model.beta=2"]
+        else:
+            (log_dir / "data_n1").symlink_to(shared_data_dir, target_is_directory=True)
+            data_dir = f"{log_dir}/data_${{oc.env:SLURMD_NODENAME,none}}"  # resolved on each node
+            overrides = ["data.source=local", "trainer.num_nodes=2"]
+            if name == "the rendezvous timeout":  # srun lets rank 0 wait; DDP's timeout ends it
+                overrides += ["hydra.launcher.srun_args=[]", "trainer.ddp_timeout_s=10"]
+        started = time.monotonic()
+        result = finish(_start(slurm_cluster, data_dir, log_dir / "out", *overrides), timeout=240)
+        elapsed = time.monotonic() - started
+        (log_dir / "console.json").write_text(json.dumps({"returncode": result.returncode, "stdout": result.stdout,
+                                                          "stderr": result.stderr, "elapsed": elapsed}))
+
+    def build(directory: Path) -> None:
+        with ThreadPoolExecutor(len(FAILURES)) as pool:
+            list(pool.map(run, [directory / name.replace(" ", "_") for name in FAILURES], FAILURES))
+
+    directory = built_once(tmp_path_factory, "slurm_failed_sweeps", build)
+    outcomes = {}
+    for name in FAILURES:
+        log_dir = directory / name.replace(" ", "_")
+        console = json.loads((log_dir / "console.json").read_text())
+        outcomes[name] = (log_dir, subprocess.CompletedProcess([], console["returncode"], console["stdout"],
+                                                               console["stderr"]), console["elapsed"])
+    return outcomes
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stopped_by", ["srun", "the rendezvous timeout"])
-def test_a_failing_rank_fails_its_job_with_its_error_in_bounded_time(slurm_cluster, shared_data_dir, tmp_path, stopped_by):
-    # The data reached node n1 only: rank 1, on n2, fails before the ranks meet.
-    node_data = tmp_path / "data_n1"
-    node_data.symlink_to(shared_data_dir, target_is_directory=True)
-    data_dir = f"{tmp_path}/data_${{oc.env:SLURMD_NODENAME,none}}"  # resolved on each node
-    overrides = ["data.source=local", "trainer.num_nodes=2"]
-    if stopped_by != "srun":  # srun lets rank 0 wait; DDP's timeout ends it
-        overrides += ["hydra.launcher.srun_args=[]", "trainer.ddp_timeout_s=10"]
-    started = time.monotonic()
-    result = finish(_start(slurm_cluster, data_dir, tmp_path / "out", *overrides), timeout=240)
-    elapsed = time.monotonic() - started
+@pytest.mark.xdist_group("slurm")
+@pytest.mark.parametrize("stopped_by", FAILURES[:2])
+def test_a_failing_rank_fails_its_job_with_its_error_in_bounded_time(failed_sweeps, stopped_by):
+    log_dir, result, elapsed = failed_sweeps[stopped_by]
     assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]  # a sweep with a failed job
-    sweep_dir = _sweep_dir(tmp_path / "out")
+    sweep_dir = _sweep_dir(log_dir / "out")
     (row,) = _summary_rows(sweep_dir)
-    cause = f"rank 1 failed: no mnist files in {tmp_path}/data_n2/MNIST/raw (data.source=local)"
+    cause = f"rank 1 failed: no mnist files in {log_dir}/data_n2/MNIST/raw (data.source=local)"
     assert row["status"] == "failed" and row["error"].startswith(cause)
     assert _record(_job_dir(sweep_dir))["error"] == row["error"]
     if stopped_by == "srun":
@@ -338,12 +386,11 @@ def test_a_failing_rank_fails_its_job_with_its_error_in_bounded_time(slurm_clust
 
 
 @pytest.mark.slow
-def test_a_job_that_never_starts_is_listed_as_failed(slurm_cluster, shared_data_dir, tmp_path):
-    # The job's shell fails before srun starts Python (hydra.launcher.setup runs first): no task, no run directory.
-    result = finish(_start(slurm_cluster, shared_data_dir, tmp_path, "hydra.launcher.setup=[exit 3]", "model.beta=2"),
-                    timeout=120)
+@pytest.mark.xdist_group("slurm")
+def test_a_job_that_never_starts_is_listed_as_failed(failed_sweeps):
+    log_dir, result, _ = failed_sweeps["never started"]
     assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
-    sweep_dir = _sweep_dir(tmp_path)
+    sweep_dir = _sweep_dir(log_dir / "out")
     (row,) = _summary_rows(sweep_dir)
     assert row["status"] == "failed" and row["run_name"] == "vae-z4-beta2"
     assert row["error"].startswith("rank 0 ended without a result (stopped by srun or SLURM, or never started: see ")
@@ -351,6 +398,7 @@ def test_a_job_that_never_starts_is_listed_as_failed(slurm_cluster, shared_data_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_the_ranks_srun_starts_for_a_single_run_share_its_directory(slurm_cluster, shared_data_dir, tmp_path):
     """Without the launcher: `srun --ntasks-per-node=2 python train.py trainer.devices=2`, both tasks at once."""
     command = ["srun", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--partition=debug", sys.executable,

@@ -126,6 +126,10 @@ def _assert_same_checkpoint(member_dir: Path, single_dir: Path, lr: float = 1e-3
     return worst
 
 
+# The tests on `grid` and `rates` stay on one pytest-xdist worker (make test: --dist loadgroup): each is trained once.
+on_grid = pytest.mark.xdist_group("stacked_grid")
+
+
 @pytest.fixture(scope="module")
 def grid(shared_data_dir, tmp_path_factory):
     """The 2×2 grid run alone, job by job, and as one stack."""
@@ -142,6 +146,7 @@ def grid(shared_data_dir, tmp_path_factory):
     return root, singles, [Path(c.paths.output_dir) for c in cfgs], results, seconds
 
 
+@on_grid
 def test_a_stacked_grid_equals_its_single_runs(grid):
     root, singles, members, results, seconds = grid
     worst_metrics = worst_weights = 0.0
@@ -214,6 +219,7 @@ class _Poison(pl.Callback):
                 pl_module.model.model.fc_mu.weight[self.member].fill_(math.nan)
 
 
+@on_grid
 def test_b_a_failing_member_fails_alone(grid, shared_data_dir, tmp_path):
     root, singles, _, _, _ = grid
     overflow_single = tmp_path / "single-overflow"
@@ -258,6 +264,7 @@ def _resume_to_epoch_3(data_dir, tmp_path, member_dir, single_dir, *config_args)
     return records[0], records[1]
 
 
+@on_grid
 def test_a_member_resumes_alone_as_its_single_run_does(grid, shared_data_dir, tmp_path):
     """`train.py ckpt_path=<member>/checkpoints/last.ckpt` continues the member as the single run's
     last.ckpt continues it: the checkpoint holds its Adam state, loops, callbacks and noise generator."""
@@ -306,6 +313,7 @@ class _Signal(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@on_grid
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: signal.Signals(s).name)
 def test_a_signal_stops_the_stack_before_the_next_batch_and_each_member_resumes_alone(signum, grid, shared_data_dir,
                                                                                      tmp_path):
@@ -384,6 +392,7 @@ def rates(grid, shared_data_dir, tmp_path_factory):
     return root, constant_singles, constant, cosine_singles, cosine, seconds
 
 
+@on_grid
 def test_members_of_different_learning_rates_equal_their_single_runs(rates):
     root, constant_singles, constant, cosine_singles, cosine, seconds = rates
     assert [r.status for r in constant] == ["completed", "completed", "failed"]
@@ -407,6 +416,7 @@ def test_members_of_different_learning_rates_equal_their_single_runs(rates):
           f"{worst_weights:.2e}")
 
 
+@on_grid
 def test_a_member_of_its_own_learning_rate_resumes_alone_as_its_single_run_does(rates, shared_data_dir, tmp_path):
     """The cosine member at 3e-3 (of a stack whose rates differ) continues from its last.ckpt as the
     single run continues from its own: the same rates and numbers (one more epoch)."""

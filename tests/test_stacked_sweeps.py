@@ -1,5 +1,9 @@
 """`hydra/launcher=stacked`: which jobs of a sweep share a stacked model, and the sweep through the
-real entry point (the numbers of a stack against single runs: tests/test_stacked_runs.py)."""
+real entry point (the numbers of a stack against single runs: tests/test_stacked_runs.py).
+
+The stacked sweeps run inside the test's process (the stacked launcher trains in the sweep's
+process); the unstacked sweep they must match is the shared β × seed grid of tests/shared_runs.py.
+"""
 
 import json
 import os
@@ -14,7 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from omegaconf import open_dict
 
-from conftest import REPO, run_entry_point, small_run_overrides
+from conftest import REPO, run_entry_point_in_process, small_run_overrides
+from shared_runs import grid_overrides, sweep_dirs
 from vaelab.sweeps.stacked import describe_plan
 from vaelab.sweeps.stacking import group_jobs, why_not_stackable
 from vaelab.reports.wandb_offline import summarize
@@ -98,18 +103,19 @@ def test_the_plan_names_every_job_once():
 # -- slow: through the real entry point ------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of_the_unstacked_sweep(shared_data_dir, tmp_path):
-    grid = ["model.beta=1,4", "seed=0,1", "logger.wandb.log_model=true"]
-    sweeps = {}
-    for launcher in ("stacked", "basic"):
-        log_dir = tmp_path / launcher
-        result = run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), *grid, f"hydra/launcher={launcher}",
-                                 timeout=400)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-4000:]
-        (sweeps[launcher],) = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
-        if launcher == "stacked":  # the plan, before any job trains
-            assert "4 jobs: 1 stack(s) of 4 jobs, 0 alone" in output and "stack 1 (4 members, one model): #0 " in output
+def test_a_stacked_sweep_gives_each_job_its_run_dir_wandb_run_and_the_numbers_of_the_unstacked_sweep(
+        beta_seed_grid, shared_data_dir, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log_dir = tmp_path / "stacked"
+    # The grid's own overrides (its data is another copy of the same synthetic set), stacked.
+    code = run_entry_point_in_process("-m", *grid_overrides(shared_data_dir, log_dir), "hydra/launcher=stacked")
+    output = "".join(capfd.readouterr())
+    assert code == 0, output[-4000:]
+    # the plan, before any job trains
+    assert "4 jobs: 1 stack(s) of 4 jobs, 0 alone" in output and "stack 1 (4 members, one model): #0 " in output
+    (stacked_sweep,) = sweep_dirs(log_dir)
+    sweeps = {"stacked": stacked_sweep, "basic": beta_seed_grid}
     assert "training 4 jobs as one stacked model" in (sweeps["stacked"] / "0_vae-z4-beta1-seed0" / "train.log").read_text()
 
     jobs = {launcher: sorted((p for p in sweep.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
@@ -156,20 +162,22 @@ def _logged(run: dict) -> set[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_a_member_refused_by_the_config_check_fails_alone_and_the_other_trains_alone(shared_data_dir, tmp_path):
+def test_a_member_refused_by_the_config_check_fails_alone_and_the_other_trains_alone(shared_data_dir, tmp_path, capfd):
     log_dir = tmp_path / "outputs"
-    result = run_entry_point("-m", *small_run_overrides(shared_data_dir, log_dir), "trainer.max_epochs=1", "model.beta=1,-1",
-                             "logger=csv", "hydra/launcher=stacked", timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]  # a failed job makes the sweep's exit code 1
+    code = run_entry_point_in_process("-m", *small_run_overrides(shared_data_dir, log_dir), "trainer.max_epochs=1", "model.beta=1,-1",
+                      "logger=csv", "hydra/launcher=stacked")
+    output = "".join(capfd.readouterr())
+    assert code == 1, output[-3000:]  # a failed job makes the sweep's exit code 1
+    assert "Traceback" not in output and "error: model.beta=-1 must be a number >= 0" in output
     assert "2 jobs: 1 stack(s) of 2 jobs, 0 alone" in output
-    (sweep_dir,) = [p for p in log_dir.glob("multirun/*/*") if p.is_dir()]
+    (sweep_dir,) = sweep_dirs(log_dir)
     first, second = (json.loads((sweep_dir / name / "metrics.json").read_text())
                      for name in ("0_vae-z4-beta1", "1_vae-z4-beta-1"))
     assert first["status"] == "completed" and "stacked" not in first  # one member left: an ordinary run
     assert second["status"] == "failed" and "model.beta=-1 must be" in second["error"]
 
 
+@pytest.mark.xdist_group("slurm")  # every SLURM test of the suite on one worker: one cluster
 @pytest.mark.slow
 def test_a_stacked_sweep_runs_inside_one_slurm_job(slurm_cluster, shared_data_dir, tmp_path):
     """The README's way to stack on a cluster: the whole stacked sweep as one SLURM job (here srun's)."""

@@ -1,7 +1,11 @@
-"""Sweeps through the real entry point: `python train.py -m ...` with Hydra's real sweepers and
-launchers, real Lightning (DDP over gloo on the CPU), real W&B in offline mode.
+"""Sweeps through the real entry point: `train.py -m ...` with Hydra's real sweepers and launchers,
+real Lightning (DDP over gloo on the CPU), real W&B in offline mode.
 
-Jobs are tiny (one epoch of 8 batches); the slow tests share one synthetic data set.
+Jobs are tiny (one epoch of 8 batches); the slow tests share one synthetic data set, and the W&B tests
+the β × seed grid of tests/shared_runs.py. A sweep runs inside the test's process
+(conftest.run_entry_point_in_process) unless processes are what the test is about: the sweep's own
+exit code with a failed job, the joblib and submitit workers, and the processes of a job on two
+devices (each its own `python train.py` and the rank Lightning relaunches) are real processes.
 """
 
 import csv
@@ -9,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import REPO, run_entry_point, small_run_overrides
+from conftest import REPO, run_entry_point, run_entry_point_in_process, small_run_overrides
+from vaelab.naming import SweptKeys
 from vaelab.sweeps import workers
 from vaelab.sweeps.jobs import _one_process
 from vaelab.reports.summary import CSV_FILE, FAILED_SWEEP_EXIT_CODE, MD_FILE, SweepSummary, main as summary_main, write_summary
@@ -29,9 +37,19 @@ from vaelab.reports.wandb_offline import summarize
 slow = pytest.mark.slow
 
 
+def _overrides(data_dir: Path, log_dir: Path, *args: str) -> list[str]:
+    return [*(o for o in small_run_overrides(data_dir, log_dir) if not o.startswith("trainer.max_epochs")),
+            "trainer.max_epochs=1", *args]
+
+
 def _sweep(data_dir: Path, log_dir: Path, *args: str, multirun: bool = True, timeout: int = 400, env=None):
-    overrides = [o for o in small_run_overrides(data_dir, log_dir) if not o.startswith("trainer.max_epochs")]
-    return run_entry_point(*(["-m"] if multirun else []), *overrides, "trainer.max_epochs=1", *args, timeout=timeout, env=env)
+    """`python train.py -m ...` in a process of its own."""
+    return run_entry_point(*(["-m"] if multirun else []), *_overrides(data_dir, log_dir, *args), timeout=timeout, env=env)
+
+
+def _sweep_in_process(data_dir: Path, log_dir: Path, *args: str, multirun: bool = True) -> int:
+    """The same sweep inside this process: its exit code."""
+    return run_entry_point_in_process(*(["-m"] if multirun else []), *_overrides(data_dir, log_dir, *args))
 
 
 def _only_sweep_dir(log_dir: Path) -> Path:
@@ -79,24 +97,72 @@ def _compose(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
-def test_slurm_launcher_is_wired_to_the_trainer():
-    cfg = _compose("hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2")
-    launcher = instantiate(cfg.hydra.launcher)  # as Hydra does in the sweep's process, before submitting
+class _Submitted(Exception):
+    """Raised where the launcher would call sbatch: the test has its submission script."""
+
+
+def test_slurm_launcher_asks_sbatch_for_the_trainers_nodes_and_devices(tmp_path, monkeypatch):
+    """The real launcher, instantiated as Hydra does in the sweep's process, submits the sweep as
+    one job array whose script asks for trainer.num_nodes nodes and trainer.devices tasks and GPUs
+    per node (sbatch itself is not called: no cluster needed)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    scripts = []
+
+    def sbatch(executor, submission_file):
+        scripts.append(Path(submission_file).read_text())
+        raise _Submitted
+
+    monkeypatch.setattr(SlurmExecutor, "_make_submission_command", sbatch)
+    cfg = _compose("hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", f"paths.log_dir={tmp_path}")
+    GlobalHydra.instance().clear()
+    launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
-    params = launcher.params
-    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 2)
+    launcher.config = cfg  # what Hydra's launcher.setup() sets
+    with pytest.raises(_Submitted):
+        launcher.launch([["model.beta=1"], ["model.beta=4"]], initial_job_idx=0)
+    (script,) = scripts
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --array=0-1%2",  # the two jobs: one array
+                 "#SBATCH --signal=USR2@120", "--kill-on-bad-exit=1"):
+        assert line in script, script
+    assert str(tmp_path / "multirun") in script  # the job's logs go to the sweep's directory
 
 
-def test_study_configs_are_sweeps():
-    optuna = _compose("hparams_search=optuna")
-    assert optuna.hydra.mode.name == "MULTIRUN" and optuna.optimized_metric == "val/nelbo"
-    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.hydra.sweeper.storage is None
-    assert set(optuna.hydra.sweeper.params) == {"model.beta", "model.latent_dim", "model.lr"}
-    for experiment, params in [("ae_vs_vae", {"model": "ae,vae"}), ("beta_sweep", {"model.beta": "0.5,1,2,4,8"}),
-                               ("latent_sweep", {"model": "ae,vae", "model.latent_dim": "2,8,16,32"})]:
-        cfg = _compose(f"experiment={experiment}")
-        assert cfg.hydra.mode.name == "MULTIRUN"
-        assert dict(cfg.hydra.sweeper.params) == params
+def _job_list(*overrides: str) -> tuple[DictConfig, list[DictConfig], list[str]]:
+    """The config of `train.py <overrides>` and the composed config of each job its sweeper launches,
+    in launch order, with the run names the jobs get (the swept keys handed on, as in a sweep)."""
+    cfg = _compose(*overrides)
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = list(overrides)  # as Hydra has them at the start of a multirun
+    environ = dict(os.environ)
+    try:
+        SweptKeys().on_multirun_start(cfg)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            configs = [compose(config_name="train", overrides=[*overrides, *job], return_hydra_config=True) for job in jobs]
+        names = [c.run_name for c in configs]  # resolved now: it reads the swept keys from the environment
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        GlobalHydra.instance().clear()
+    return cfg, configs, names
+
+
+@pytest.mark.parametrize(("experiment", "jobs"), [
+    ("ae_vs_vae", [("ae", 16, None, "ae-z16"), ("vae", 16, 1, "vae-z16-beta1")]),
+    ("beta_sweep", [("vae", 16, beta, f"vae-z16-beta{beta:g}") for beta in (0.5, 1, 2, 4, 8)]),
+    ("latent_sweep", [(model, z, 1 if model == "vae" else None, f"{model}-z{z}" + ("-beta1" if model == "vae" else ""))
+                      for model in ("ae", "vae") for z in (2, 8, 16, 32)]),
+])
+def test_an_experiment_is_a_sweep_whose_jobs_train_its_settings(experiment, jobs):
+    """`python train.py experiment=<name>` (no -m) sweeps: the basic sweeper expands its grid into these
+    jobs, in this order, each composed with the experiment's defaults and named by what it varies."""
+    cfg, configs, names = _job_list(f"experiment={experiment}")
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert [(c.model.name, c.model.latent_dim, c.model.get("beta"), n) for c, n in zip(configs, names)] == jobs
+    assert len(set(names)) == len(configs)  # no two jobs share a run directory name
 
 
 def test_worker_slots_are_the_lowest_free_ones_and_freed_with_their_holder(tmp_path):
@@ -197,75 +263,68 @@ def test_the_end_of_a_sweep_says_why_each_job_failed_and_how_to_resume_an_interr
 
 # -- slow: real sweeps -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def wandb_grid(shared_data_dir, tmp_path_factory) -> Path:
-    """A 2×2 sweep (model × latent_dim) with W&B offline: its sweep directory."""
-    log_dir = tmp_path_factory.mktemp("grid") / "outputs"
-    result = _sweep(shared_data_dir, log_dir, "model=ae,vae", "model.latent_dim=4,8")
-    assert result.returncode == 0, _output(result)
-    return _only_sweep_dir(log_dir)
+@pytest.fixture
+def offline_wandb(monkeypatch):
+    """W&B offline and quiet in this process and the processes it starts, as conftest.start_entry_point has it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+GRID = {"vae-z4-beta1-seed0": (1, 0), "vae-z4-beta1-seed1": (1, 1), "vae-z4-beta4-seed0": (4, 0), "vae-z4-beta4-seed1": (4, 1)}
 
 
 @slow
-def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(wandb_grid):
-    sweep_dir = wandb_grid
+def test_grid_2x2_one_wandb_run_per_job_in_one_group_and_a_summary(beta_seed_grid, tmp_path):
+    sweep_dir = beta_seed_grid
     jobs = _job_dirs(sweep_dir)
-    expected = {"ae-z4": ("ae", 4), "ae-z8": ("ae", 8), "vae-z4-beta1": ("vae", 4), "vae-z8-beta1": ("vae", 8)}
     names = [j.name.split("_", 1)[1] for j in jobs]
-    assert sorted(names) == sorted(expected) and [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
+    assert names == list(GRID) and [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
 
     group = f"train-{sweep_dir.parent.name}_{sweep_dir.name}"  # the sweep's name and time
     for job, name in zip(jobs, names):
-        model, z = expected[name]
+        beta, seed = GRID[name]
         assert _metrics(job)["status"] == "completed"
         runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(runs) == 1, runs
         run = summarize(runs[0])
         assert (run["name"], run["group"]) == (name, group)
-        assert {f"model={model}", f"model.latent_dim={z}"} <= set(run["tags"])
+        assert {f"model.beta={beta}", f"seed={seed}"} <= set(run["tags"])
         assert not any(t.startswith(("paths.", "data.data_dir")) for t in run["tags"])
         assert any("test/recon" in row for row in run["history"])  # finished: the test values are in
 
     rows = _summary_rows(sweep_dir)
     assert [(r["job"], r["run_name"], r["status"]) for r in rows] == [(str(i), n, "completed") for i, n in enumerate(names)]
     for row, job, name in zip(rows, jobs, names):
-        model, z = expected[name]
-        assert sorted(row["overrides"].split()) == sorted([f"model={model}", f"model.latent_dim={z}"])
+        beta, seed = GRID[name]
+        assert row["overrides"].split() == [f"model.beta={beta}", f"seed={seed}"]
         assert row["run_dir"] == str(job)
         metrics = _metrics(job)
-        for metric in ("val/recon", "val/loss", "test/recon", "test/loss") + (("val/kl", "test/nelbo") if model == "vae" else ()):
+        for metric in (f"{stage}/{term}" for stage in ("val", "test") for term in ("recon", "kl", "loss", "nelbo")):
             assert float(row[metric]) == pytest.approx(metrics[metric])
-        if model == "ae":
-            assert row["val/kl"] == row["test/nelbo"] == ""  # an AE has no KL term
     assert (sweep_dir / MD_FILE).read_text().count("| completed |") == 4
 
-    # The helper rebuilds the same table from the directory alone.
-    before = (sweep_dir / CSV_FILE).read_text()
-    (sweep_dir / CSV_FILE).unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "vaelab.reports.summary", str(sweep_dir)], capture_output=True, text=True)
+    # The helper, as a command, rebuilds the same table from the directory alone (a copy: the grid is shared).
+    copy = tmp_path / sweep_dir.name
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("*.ckpt", "wandb", "images", "csv"))
+    (copy / CSV_FILE).unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "vaelab.reports.summary", str(copy)], capture_output=True, text=True)
     assert rebuilt.returncode == 0, _output(rebuilt)
-    assert (sweep_dir / CSV_FILE).read_text() == before
+    assert (copy / CSV_FILE).read_text() == (sweep_dir / CSV_FILE).read_text().replace(str(sweep_dir), str(copy))
 
 
 @slow
-def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb_grid, capsys):
+def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(beta_seed_grid, tmp_path, capsys):
     from wandb_workspaces.workspaces import internal
 
     from vaelab.reports.dashboard import SPEC_FILE, describe, main as dashboard_main, read_run
 
-    assert dashboard_main([str(wandb_grid)]) == 0
+    grid = beta_seed_grid
+    assert dashboard_main([str(grid), "--out", str(tmp_path)]) == 0  # --out: the grid is shared, read only
     printed = capsys.readouterr().out
-    spec = json.loads((wandb_grid / SPEC_FILE).read_text())
-    jobs = _job_dirs(wandb_grid)
-    logged = {}  # every key a job logged, read here independently: the CSV header and the W&B history
-    for job in jobs:
-        with (job / "csv" / "metrics.csv").open() as f:
-            keys = set(next(csv.reader(f)))
-        for row in summarize(next(job.glob("wandb/offline-run-*/run-*.wandb")))["history"]:
-            keys |= set(row) | {key.removesuffix("/_type") for key in row if key.endswith("/_type")}  # images
-        logged[job.name] = keys
-    every_key = set().union(*logged.values())
-    group = f"train-{wandb_grid.parent.name}_{wandb_grid.name}"
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    jobs = _job_dirs(grid)
+    every_key = set().union(*_logged_keys(jobs).values())
+    group = f"train-{grid.parent.name}_{grid.name}"
     assert spec["filter"] == {"group": group} and spec["name"] == group
     sections = {s["name"]: s["panels"] for s in spec["sections"]}
     assert list(sections) == ["Loss components", "Rate–distortion", "Hyperparameters", "Panels", "Runs"]
@@ -274,7 +333,7 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb
     [scatter] = sections["Rate–distortion"]
     assert (scatter["x"], scatter["y"], scatter["color"]) == ("val/recon", "val/kl", "model.beta")
     [parallel] = sections["Hyperparameters"]
-    assert sorted(parallel["config"]) == ["model.latent_dim", "model.name"]  # model=ae,vae is model.name in W&B's config
+    assert parallel["config"] == ["model.beta", "seed"]  # the swept keys, in command-line order
     assert parallel["metrics"] == ["val/nelbo"]  # no eval.py: no test/nll
     [media] = sections["Panels"]
     assert media["keys"] and all(key.startswith("panels/") for key in media["keys"])
@@ -282,20 +341,32 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(wandb
              for key in [*p.get("metrics", []), *p.get("keys", []), *(p["y"] if p["type"] == "line" else [])]}
     drawn |= {scatter["x"], scatter["y"]}
     assert drawn <= every_key, drawn - every_key  # nothing drawn that no run logged
-    assert "val/kl" not in logged[jobs[0].name]  # job 0 is an AE: the keys come from the runs, per run
     # The W&B view is what W&B stores: it parses as W&B's own model, with the group filter and the panels.
     view = internal.View.model_validate(spec["wandb_view"])
     assert view.spec.section.run_sets[0].filters["filters"][0]["value"] == group
     assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 4 + 1 + 1 + 1 + 1
-    assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.reports.dashboard {wandb_grid}" in printed
+    assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.reports.dashboard {grid}" in printed
     # Runs given one by one: the view shows those runs, by their W&B ids, not their whole group.
     two = [read_run(job) for job in jobs[:2]]
     ids = [next(job.glob("wandb/offline-run-*")).name.rsplit("-", 1)[1] for job in jobs[:2]]
     assert describe(two, "two runs", chosen_runs=True)["filter"] == {"ids": ids}
 
 
+def _logged_keys(jobs: list[Path]) -> dict[str, set[str]]:
+    """Every key each job logged, read here independently of the dashboard: the CSV header and the W&B history."""
+    logged = {}
+    for job in jobs:
+        with (job / "csv" / "metrics.csv").open() as f:
+            keys = set(next(csv.reader(f)))
+        for row in summarize(next(job.glob("wandb/offline-run-*/run-*.wandb")))["history"]:
+            keys |= set(row) | {key.removesuffix("/_type") for key in row if key.endswith("/_type")}  # images
+        logged[job.name] = keys
+    return logged
+
+
 @slow
 def test_failed_jobs_are_recorded_and_the_sweep_goes_on(shared_data_dir, tmp_path):
+    """The sweep as a process of its own: a failed job makes its exit code, which a scheduler reads."""
     log_dir = tmp_path / "outputs"
     # a NaN loss (an exception during fit), a good job after it, and a value the checks refuse
     result = _sweep(shared_data_dir, log_dir, "model.lr=1e30,1e-3,-1", "logger=csv")
@@ -313,11 +384,13 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(shared_data_dir, tmp_pat
 
 
 @slow
-def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared_data_dir, tmp_path):
+def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared_data_dir, tmp_path, offline_wandb):
+    """The sweep in this process; each job on two devices is its own `python train.py`, whose rank 1
+    Lightning relaunches: 4 processes for the two jobs that train."""
     log_dir = tmp_path / "outputs"
     # a NaN loss on both ranks, a good job after it, and a value refused before any process starts
-    result = _sweep(shared_data_dir, log_dir, "trainer.devices=2", "model.lr=1e30,1e-3,-1")
-    assert result.returncode == FAILED_SWEEP_EXIT_CODE, _output(result)
+    code = _sweep_in_process(shared_data_dir, log_dir, "trainer.devices=2", "model.lr=1e30,1e-3,-1")
+    assert code == FAILED_SWEEP_EXIT_CODE
     sweep_dir = _only_sweep_dir(log_dir)  # no second sweep, no run dir from a relaunched rank
     failed, completed, refused = _job_dirs(sweep_dir)
     assert "training loss became" in _metrics(failed)["error"]
@@ -327,18 +400,21 @@ def test_grid_on_two_devices_runs_each_job_once_and_survives_a_failed_job(shared
     for job, lr in [(failed, "1e+30"), (completed, "0.001")]:
         lines = _hyperparameter_lines(job)
         assert len(lines) == 2 and lines[0] == lines[1] and f"lr={lr}" in lines[0]  # both ranks, same job
+        assert (job / "train_ddp_process_1.log").is_file()  # rank 1 was a process of its own
         runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(runs) == 1 and summarize(runs[0])["group"] == f"train-{sweep_dir.parent.name}_{sweep_dir.name}"
     assert [r["status"] for r in _summary_rows(sweep_dir)] == ["failed", "completed", "failed"]
 
 
 @slow
-def test_joblib_launcher_gives_each_worker_its_own_gpu_and_share_of_the_cores(shared_data_dir, tmp_path):
+def test_joblib_launcher_gives_each_worker_its_own_gpu_and_share_of_the_cores(shared_data_dir, tmp_path, monkeypatch):
+    """The sweep in this process; its two joblib workers are real processes."""
     log_dir = tmp_path / "outputs"
     # Two GPUs as the sweep sees them (names only: the jobs train on the CPU, which ignores them).
-    result = _sweep(shared_data_dir, log_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                    "model.latent_dim=4,8,12", "logger=csv", env={"CUDA_VISIBLE_DEVICES": "3,5"})
-    assert result.returncode == 0, _output(result)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    code = _sweep_in_process(shared_data_dir, log_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             "model.latent_dim=4,8,12", "logger=csv")
+    assert code == 0
     sweep_dir = _only_sweep_dir(log_dir)
     assert "JoblibLauncher" in OmegaConf.load(sweep_dir / "multirun.yaml").hydra.launcher._target_
     assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [
@@ -349,6 +425,7 @@ def test_joblib_launcher_gives_each_worker_its_own_gpu_and_share_of_the_cores(sh
         assert worker["workers"] == 2 and worker["slot"] in (0, 1)
         assert worker["cuda_visible_devices"] == ["3", "5"][worker["slot"]]
         assert 1 <= worker["torch_threads"] <= max(1, cores // 2)
+        assert worker["pid"] != os.getpid()  # a worker process, not this one
     by_process = {w["pid"]: w["slot"] for w in workers}
     assert len(set(by_process.values())) == len(by_process), workers  # two processes never share a slot
     for job in _job_dirs(sweep_dir):  # the job itself ran with that one GPU visible
@@ -356,22 +433,45 @@ def test_joblib_launcher_gives_each_worker_its_own_gpu_and_share_of_the_cores(sh
 
 
 @slow
-def test_submitit_local_executor_runs_the_jobs(shared_data_dir, tmp_path):
+def test_submitit_local_executor_runs_the_jobs_of_an_ae_and_vae_sweep_and_its_dashboard(shared_data_dir, tmp_path,
+                                                                                      offline_wandb, capsys):
+    """The sweep in this process; its jobs run in submitit's worker processes, with W&B offline. An AE
+    logs no KL: its row and its W&B run say so, and the dashboard takes its keys run by run."""
+    from vaelab.reports.dashboard import SPEC_FILE, main as dashboard_main
+
     log_dir = tmp_path / "outputs"
-    result = _sweep(shared_data_dir, log_dir, "hydra/launcher=submitit_local", "model=ae,vae", "logger=csv")
-    assert result.returncode == 0, _output(result)
+    code = _sweep_in_process(shared_data_dir, log_dir, "hydra/launcher=submitit_local", "model=ae,vae")
+    assert code == 0
     sweep_dir = _only_sweep_dir(log_dir)
-    assert [(r["run_name"], r["status"]) for r in _summary_rows(sweep_dir)] == [("ae-z4", "completed"), ("vae-z4-beta1", "completed")]
+    rows = _summary_rows(sweep_dir)
+    assert [(r["run_name"], r["status"]) for r in rows] == [("ae-z4", "completed"), ("vae-z4-beta1", "completed")]
+    jobs = _job_dirs(sweep_dir)
+    assert len(list(sweep_dir.glob(".submitit/*/*_result.pkl"))) == 2  # each job came back from its worker
+    ae, vae = rows
+    assert ae["val/kl"] == ae["test/nelbo"] == "" and vae["val/kl"] != "" and vae["test/nelbo"] != ""  # an AE has no KL
+    logged = _logged_keys(jobs)
+    assert "val/kl" not in logged[jobs[0].name] and "val/kl" in logged[jobs[1].name]
+
+    assert dashboard_main([str(sweep_dir)]) == 0
+    capsys.readouterr()
+    sections = {s["name"]: s["panels"] for s in json.loads((sweep_dir / SPEC_FILE).read_text())["sections"]}
+    [parallel] = sections["Hyperparameters"]
+    assert parallel["config"] == ["model.name"]  # model=ae,vae is model.name in W&B's config
+    assert parallel["metrics"] == ["val/nelbo"]  # the VAE's: β-free
+    lines = {p["title"]: p["y"] for p in sections["Loss components"]}
+    assert lines["kl"] == ["train/kl", "val/kl"]  # the VAE logged them, the AE did not: the keys of all runs
 
 
 @slow
 @pytest.mark.parametrize("devices", [1, 2])
 def test_optuna_search_every_rank_trains_the_sampled_values(shared_data_dir, tmp_path, devices):
+    """`hparams_search=optuna` (a multirun without -m), in this process. On two devices its one trial
+    is a `python train.py` of its own and its relaunched rank 1; on one device two trials, in here."""
     log_dir = tmp_path / "outputs"
-    trials = 3 if devices == 1 else 2  # on 2 devices each trial is a process of its own and its relaunched rank: ~30 s
-    result = _sweep(shared_data_dir, log_dir, "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}",
-                    f"trainer.devices={devices}", "logger=csv", multirun=False)  # hparams_search sets MULTIRUN
-    assert result.returncode == 0, _output(result)
+    trials = 2 if devices == 1 else 1
+    code = _sweep_in_process(shared_data_dir, log_dir, "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}",
+                             f"trainer.devices={devices}", "logger=csv", multirun=False)  # hparams_search sets MULTIRUN
+    assert code == 0
     sweep_dir = _only_sweep_dir(log_dir)
     jobs = _job_dirs(sweep_dir)
     assert len(jobs) == trials
@@ -380,6 +480,10 @@ def test_optuna_search_every_rank_trains_the_sampled_values(shared_data_dir, tmp
         sampled = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")
                        if o.startswith(("model.beta=", "model.latent_dim=", "model.lr=")))
         assert len(sampled) == 3
+        # conf/hparams_search/optuna.yaml's search space (β in range(0.5, 8, step=0.5), lr a choice), less the
+        # key the command line fixes (model.latent_dim=4 of the small run): that one is not searched
+        assert float(sampled["model.beta"]) in [0.5 * i for i in range(1, 17)]
+        assert float(sampled["model.lr"]) in (3e-4, 1e-3, 3e-3) and sampled["model.latent_dim"] == "4"
         lines = _hyperparameter_lines(job)
         assert len(lines) == devices and len(set(lines)) == 1  # every rank: the same values
         logged = dict(re.findall(r"(\w+)=(\S+)", lines[0]))
@@ -389,4 +493,5 @@ def test_optuna_search_every_rank_trains_the_sampled_values(shared_data_dir, tmp
         assert metrics["status"] == "completed" and metrics["devices"] == devices
         objective.append(metrics["val/nelbo"])
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert results.best_value == pytest.approx(min(objective))
+    assert results.best_value == pytest.approx(min(objective))  # the study minimised val/nelbo
+    assert not list(REPO.glob("*.db")) and not list(sweep_dir.rglob("*.db"))  # storage: null, in memory

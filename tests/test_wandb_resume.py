@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_dirs, run_entry_point_in_process, small_run_overrides
+from conftest import built_once, run_dirs, run_entry_point_in_process, small_run_overrides, write_synthetic_dataset
 from vaelab.reports.wandb_offline import summarize
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,27 @@ def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def first_run(shared_data_dir, tmp_path_factory) -> Path:
-    """2 epochs (16 steps), every epoch's checkpoint kept (save_top_k=-1), log_model=true."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("WANDB_MODE", "offline")
-        env.setenv("WANDB_SILENT", "true")
-        yield _train(shared_data_dir, tmp_path_factory.mktemp("first") / "outputs",
-                     "+callbacks.model_checkpoint.save_top_k=-1", "logger.wandb.log_model=true")
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory) -> Path:
+    """2 epochs (16 steps), every epoch's checkpoint kept (save_top_k=-1), log_model=true, on its own
+    synthetic data (`_data_dir`): once per session for all pytest-xdist workers (conftest.built_once).
+    Read it; resume from it into a new run dir."""
+
+    def build(directory: Path) -> None:
+        write_synthetic_dataset(directory / "data")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("WANDB_MODE", "offline")
+            env.setenv("WANDB_SILENT", "true")
+            _train(directory / "data", directory / "outputs", "+callbacks.model_checkpoint.save_top_k=-1",
+                   "logger.wandb.log_model=true")
+
+    (run_dir,) = run_dirs(built_once(tmp_path_factory, "wandb_resume_first_run", build) / "outputs")
+    return run_dir
+
+
+def _data_dir(first_run: Path) -> Path:
+    """The data the first run was trained on (beside its outputs/runs/<date>/<run>)."""
+    return first_run.parents[3] / "data"
 
 
 @pytest.fixture
@@ -56,14 +69,14 @@ def offline(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def test_a_resume_logs_into_the_same_wandb_run_from_the_checkpoint_step(first_run, shared_data_dir, tmp_path, offline):
+def test_a_resume_logs_into_the_same_wandb_run_from_the_checkpoint_step(first_run, tmp_path, offline):
     last = first_run / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     first = summarize(_wandb_file(first_run))
     assert checkpoint["global_step"] == 2 * STEPS_PER_EPOCH
     assert checkpoint["wandb_run"] == {"id": first["id"], "logs": [str(_wandb_file(first_run))]}
 
-    resumed_dir = _train(shared_data_dir, tmp_path / "outputs", f"ckpt_path={last}", "trainer.max_epochs=3")
+    resumed_dir = _train(_data_dir(first_run), tmp_path / "outputs", f"ckpt_path={last}", "trainer.max_epochs=3")
     assert resumed_dir != first_run and len(list(first_run.glob("wandb/offline-run-*"))) == 1  # the earlier one as it was
     resumed = summarize(_wandb_file(resumed_dir))
     assert resumed["id"] == first["id"] and resumed["name"] == first["name"]
@@ -85,11 +98,11 @@ def test_a_resume_logs_into_the_same_wandb_run_from_the_checkpoint_step(first_ru
     assert again == {"id": first["id"], "logs": [str(_wandb_file(first_run)), str(_wandb_file(resumed_dir))]}
 
 
-def test_steps_logged_after_the_checkpoint_are_in_the_run_once(first_run, shared_data_dir, tmp_path, offline):
+def test_steps_logged_after_the_checkpoint_are_in_the_run_once(first_run, tmp_path, offline):
     """As after a kill -9 in epoch 1: the run logged steps 8-15 after the checkpoint of epoch 0."""
     epoch0 = first_run / "checkpoints" / "epoch_000.ckpt"
     assert torch.load(epoch0, weights_only=True)["global_step"] == STEPS_PER_EPOCH
-    resumed_dir = _train(shared_data_dir, tmp_path / "outputs", f"ckpt_path={epoch0}", "trainer.max_epochs=3")
+    resumed_dir = _train(_data_dir(first_run), tmp_path / "outputs", f"ckpt_path={epoch0}", "trainer.max_epochs=3")
     first, resumed = summarize(_wandb_file(first_run)), summarize(_wandb_file(resumed_dir))
     assert resumed["id"] == first["id"]
 

@@ -79,16 +79,21 @@ def _results_written(job: Any) -> bool:
 
 
 def wait(jobs: Sequence[Any]) -> None:
-    """Until each job has every task's result or has left the queue without it (see above)."""
+    """Until each job has every task's result or has left the queue without it (see above). The
+    result files are looked at every second; squeue is asked less and less often (up to every
+    MAX_POLL_S), and every second once a job has ended without its results."""
     waiting = list(jobs)
     ended_at: dict[str, float] = {}
-    delay, said = 1.0, None
+    delay, said, ask_at = 1.0, None, 0.0
     while True:
         waiting = [job for job in waiting if not _results_written(job)]
         now = time.monotonic()
         waiting = [job for job in waiting if now - ended_at.get(job.job_id, now) < RESULT_GRACE_S]
         if not waiting:
             return
+        if now < ask_at:
+            time.sleep(1.0)
+            continue
         states, problem = _queue_states([job.job_id for job in waiting])
         if problem is not None and problem != said:  # each new problem once, not at every poll
             log.warning("squeue failed (%s); asking again", problem)
@@ -103,8 +108,9 @@ def wait(jobs: Sequence[Any]) -> None:
                 ended_at.setdefault(job.job_id, now)
             else:  # running, or pending again (requeued after a preemption)
                 ended_at.pop(job.job_id, None)
-        time.sleep(1.0 if ended_at.keys() & {job.job_id for job in waiting} else delay)
+        ask_at = now + (1.0 if ended_at.keys() & {job.job_id for job in waiting} else delay)
         delay = min(delay * 1.5, MAX_POLL_S)
+        time.sleep(1.0)
 
 
 def _error_line(traceback_text: str) -> str:

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig
 
 from vaelab.errors import VaelabError
+from vaelab.reports.summary import FAILED_SWEEP_EXIT_CODE
 from vaelab.rundir import is_relaunched_rank, lock_run_dir, rank_hydra_settings, refuse_earlier_run
 from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record_failure, run_sweep_job
 
@@ -125,17 +126,25 @@ def hydra_refusal(err: Exception) -> Optional[str]:
 
 def run_app(main: Callable[[], Any]) -> None:
     """Run a @hydra.main function; Hydra's refusals of the command line (`hydra_refusal`) end
-    with one line and exit code 2, as vaelab's own do. HYDRA_FULL_ERROR=1 shows Hydra's report."""
+    with one line and exit code 2, as vaelab's own do. A sweep whose sweeper re-raises a job's
+    VaelabError (Hydra's basic sweeper does, for a job the stacked launcher reports failed; the
+    job's record says what failed) ends with that line and the failed sweep's exit code.
+    HYDRA_FULL_ERROR=1 shows Hydra's report and the traceback instead."""
     shown = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
     try:
         main()
     except Exception as err:
-        message = None if shown else hydra_refusal(err)
-        if message is None:
+        if shown:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        message = hydra_refusal(err)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(err, VaelabError):  # single runs end in report_errors: this is a sweep's job
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(FAILED_SWEEP_EXIT_CODE)
+        raise
     finally:
         if shown is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
