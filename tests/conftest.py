@@ -18,6 +18,10 @@ from vaelab.tasks.cli import silence_known_noise
 from vaelab.data import write_idx
 
 silence_known_noise()
+# One torch thread in each test process, whatever OMP_NUM_THREADS says (make test sets it to 1): two
+# multi-threaded trainings on two cores run slower than one at a time, and test_faults.py forks this
+# process, whose child would hang in its first parallel op had the parent's thread pool started.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 640, 157  # an odd test size: multi-device tests must not pad it

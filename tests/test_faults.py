@@ -71,7 +71,9 @@ class _Forked:
     train.py`. It ends as the interpreter would: it waits for the threads the run left (a run that
     leaves one hangs here as it would there), runs the exit handlers the run registered (not this
     process's), and exits with the entry point's code. For the faults whose behaviour does not depend
-    on a freshly started interpreter: a signal, kill -9. The part of Popen's interface the tests use."""
+    on a freshly started interpreter: a signal, kill -9. The part of Popen's interface the tests use.
+    (conftest keeps this process at one torch thread: the child of a process whose thread pool has
+    started can hang in its first parallel op.)"""
 
     def __init__(self, *args: str, env: dict[str, str]):
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
@@ -149,10 +151,14 @@ def _start_entry_point(*args: str) -> _Forked:
 
 def _wait_for(process: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, f"the run ended (exit {process.returncode}) before {what}: {process.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.01)
+    try:
+        while not ready():
+            assert process.poll() is None, f"the run ended (exit {process.returncode}) before {what}: {process.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+            time.sleep(0.01)
+    except BaseException:
+        process.kill()  # a test that gives up leaves no run behind
+        raise
 
 
 def _logged_steps(run_dir: Path) -> int:

@@ -23,7 +23,12 @@ log = logging.getLogger("vaelab")
 
 # Printed by every Lightning process on these versions; nothing a user can act on. The second, on
 # any machine with SLURM installed: how to run under SLURM is the README's (srun, hydra/launcher=slurm).
-_NOISE_WARNINGS = (r".*LeafSpec.*", r"The `srun` command is available on your system but is not used")
+# The last two, when a requeued SLURM job resumes in its own run directory: the earlier checkpoints
+# are kept on purpose, and the earlier CSV record was set aside (metrics.until_restart<n>.csv);
+# vaelab refuses every other run directory that holds files (vaelab.rundir.refuse_earlier_run).
+_NOISE_WARNINGS = (r".*LeafSpec.*", r"The `srun` command is available on your system but is not used",
+                   r"Experiment logs directory .* exists and is not empty",
+                   r"Checkpoint directory .* exists and is not empty")
 _NOISE_LOG_FRAGMENTS = ("litlogger", "LitLogger")
 
 
