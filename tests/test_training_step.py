@@ -42,7 +42,7 @@ def test_one_lightning_step_equals_a_plain_pytorch_step(data_dir):
 
     torch.manual_seed(1)
     images, _ = next(iter(dm.train_dataloader()))
-    x = images.unsqueeze(1).float() / 255
+    x = images.float() / 255
     optimizer = make_optimizer(reference.parameters(), 1e-3, torch.device("cpu"))
     optimizer.zero_grad()
     reconstruction_loss(reference(x).logits, x, "bce").backward()
@@ -58,7 +58,7 @@ def test_epoch_means_weigh_every_image_once(data_dir):
     dm = _datamodule(data_dir, batch_size=50)  # 157 test images = 3·50 + 7
     result = _trainer(max_epochs=1).test(module, datamodule=dm, verbose=False)[0]
     images, _ = dm.splits["test"]
-    x = images.unsqueeze(1).float() / 255
+    x = images.float() / 255
     with torch.no_grad():
         codes = module.model.posterior(x)
     from vaelab.models import gaussian_kl

@@ -1,6 +1,6 @@
 """The DataModule: a seeded train/val split of the training file, the test file, and batching.
 
-Images stay uint8 (N, H, W) until they are on the training device; `on_after_batch_transfer`
+Images stay uint8 (N, C, H, W) until they are on the training device; `on_after_batch_transfer`
 turns a batch into floats in `pixel_range`, binarised if asked. The settings are checked before
 this is built (vaelab.config); what needs the data or the device count is checked here.
 """
@@ -119,8 +119,9 @@ class MNISTDataModule(pl.LightningDataModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model sees."""
         self.load()
-        return (1, *self.images.train_images.shape[1:])
+        return tuple(self.images.train_images.shape[1:])
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.load()
@@ -164,7 +165,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        x = images.unsqueeze(-3) / 255  # (B, 1, H, W) (a stack's (N, B, 1, H, W)) float32 in [0, 1], one kernel
+        x = images / 255  # (B, C, H, W) (a stack's (N, B, C, H, W)) float32 in [0, 1], one kernel
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
             if x.dim() == 5:  # a batch per member, each resampled from the member's own generator
                 x = torch.stack([torch.bernoulli(own, generator=g) for own, g in zip(x, self.member_generators)])

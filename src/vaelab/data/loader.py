@@ -116,7 +116,7 @@ class TensorBatchLoader(ResumableLoader):
 
 
 class StackedBatchLoader(ResumableLoader):
-    """Training batches (N, B, H, W) uint8: member n's batch is the one a single run with seed
+    """Training batches (N, B, C, H, W) uint8: member n's batch is the one a single run with seed
     `seeds[n]` gets at that step (one TensorBatchLoader per member gives each epoch's order)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seeds: Sequence[int],

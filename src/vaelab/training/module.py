@@ -73,7 +73,7 @@ class LitAutoencoder(pl.LightningModule):
         self.terms = self.model.terms
         # One image as the data module delivers it (uint8 pixels, a label): the model summary runs the
         # model on it to count its FLOPs (training/callbacks/summary.py keeps that off the run's random draws).
-        self.example_input_array = (torch.zeros(1, *image_shape[1:], dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
+        self.example_input_array = (torch.zeros(1, *image_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
         # Each member's hyperparameters (what its checkpoints keep); one for a single run.
         self.member_hparams: list[dict[str, Any]] = [dict(self.hparams)]
         self.failures: dict[int, str] = {}  # member → the error its single run fails with
