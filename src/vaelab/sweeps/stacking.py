@@ -21,8 +21,8 @@ from vaelab.settings import flatten, is_setting
 # Per-member settings: the keys in which the members of one stack may differ.
 MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
-# The data module that gives a stack's training batches one per member (MNISTDataModule.for_members).
-STACKED_DATA = "vaelab.data.MNISTDataModule"
+# The data module that gives a stack's training batches one per member (ImageDataModule.for_members).
+STACKED_DATA = "vaelab.data.ImageDataModule"
 
 
 def stack_key(cfg: DictConfig) -> str:
