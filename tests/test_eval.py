@@ -121,6 +121,8 @@ def test_vae_eval_reports_nll_below_nelbo(evaluated, trained):
     assert record["test/loss"] == pytest.approx(record["test/recon"] + record["beta"] * record["test/kl"])
     assert record["test/nll_constant"] == pytest.approx(0.5 * 784 * 1.1447298858494002)  # ½·D·log π, mse
     assert record["test/nll_is_likelihood"] is True and "N(x', ½·I)" in record["test/nll_measures"]
+    assert "test/bpd" not in record and "test/bpd_measures" not in record  # grey data: no bits per dimension
+    assert record["classifier/classes"] == 10 and "not_applicable" not in record
     for key in ("continuity/ratio", "completeness/prior_confidence", "completeness/test_confidence",
                 "classifier/test_accuracy"):
         assert 0 < record[key] < float("inf"), key
@@ -226,7 +228,7 @@ def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_ar
     import torch
 
     from vaelab.data import MNISTDataModule
-    from vaelab.evaluation.classifier import LabelClassifier, grey_levels
+    from vaelab.evaluation.classifier import LabelClassifier, pixel_levels
 
     grey, binary = bce_evaluated["none"][0], bce_evaluated["dynamic"][0]
     classifier = LabelClassifier()
@@ -235,7 +237,7 @@ def test_completeness_reference_is_measured_on_grey_test_images_when_the_data_ar
     def test_images(binarize):
         dm = MNISTDataModule(data_dir=str(trained["data_dir"]), source="local", val_size=128, binarize=binarize)
         dm.load()
-        return grey_levels(dm.splits["test"][0])  # uint8 0..255, binarised ones 0/255
+        return pixel_levels(dm.splits["test"][0])  # uint8 0..255, binarised ones 0/255
 
     def confidence(images):
         with torch.no_grad():

@@ -2,10 +2,12 @@
 
 It is a reference for *completeness* (see `regularity.py`): its confidence on decoded prior
 samples says how much they look like some class of the data. The samples are the decoder's
-pixel means, grey levels in [0, 1], so the classifier is trained and tested on grey levels too:
-the training and test files as read (`ImageSet`), never binarised, whatever data.binarize is
-(a binarised image is another kind of image, on which its confidence differs). One classifier
-thus serves every run on a data set, binarised or not.
+pixel means, levels in [0, 1] (grey or colour: each of the C·H·W values), so the classifier is
+trained and tested on levels too: the training and test files as read (`ImageSet`), never
+binarised, whatever data.binarize is (a binarised image is another kind of image, on which its
+confidence differs). One classifier thus serves every run on a data set, binarised or not.
+It needs labels: a data set without them (`ImageSet.labelled` False) has no classifier, and eval
+says completeness does not apply. It has as many classes as the labels have (`class_count`).
 """
 
 import hashlib
@@ -23,36 +25,49 @@ from vaelab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-N_CLASSES = 10
+N_CLASSES = 10  # MNIST's and Fashion-MNIST's: the default of LabelClassifier
 
 
 class LabelClassifier(nn.Module):
-    """MLP (H·W)-256-10 on images in [0, 1]."""
+    """MLP (C·H·W)-256-n_classes on images (N, C, H, W) in [0, 1]."""
 
-    def __init__(self, n_pixels: int = 784, hidden: int = 256):
+    def __init__(self, n_pixels: int = 784, hidden: int = 256, n_classes: int = N_CLASSES):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_pixels, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_pixels, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def grey_levels(images: torch.Tensor) -> torch.Tensor:
+def pixel_levels(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, C, H, W) → float (N, C, H, W) in [0, 1], the range of the decoder's pixel means."""
     return images.float().div(255)
 
 
+def class_count(images: ImageSet) -> int:
+    """The number of classes of a labelled data set: its number of class names where it has them,
+    at least the largest label (training or test file) + 1, so that every label is a class."""
+    largest = int(max(images.train_labels.max(), images.test_labels.max()))
+    return max(largest + 1, len(images.classes or ()))
+
+
 def data_key(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """A digest of the training images and labels: a new data set gets a new classifier."""
+    """A digest of the training images and labels: a new data set gets a new classifier. Images of
+    more than one channel add their shape (C, H, W), so that the same bytes in another layout are
+    another data set; grey images (N, 1, H, W) keep the digest of their bytes alone, the key that
+    MNIST-style data sets had before colour."""
     digest = hashlib.sha1(images.contiguous().numpy().tobytes())
     digest.update(labels.contiguous().numpy().tobytes())
+    if images.dim() == 4 and images.shape[1] != 1:
+        digest.update(repr(tuple(images.shape[1:])).encode())
     return digest.hexdigest()[:16]
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, min_steps: int = 500,
                      batch_size: int = 128, seed: int = 0, device: torch.device | str = "cpu",
-                     log_epochs: bool = False) -> LabelClassifier:
-    """Fit on uint8 images (N, C, H, W), as grey levels in [0, 1], with Adam; deterministic given `seed`.
+                     log_epochs: bool = False, n_classes: int = N_CLASSES) -> LabelClassifier:
+    """Fit on uint8 images (N, C, H, W), as levels in [0, 1], and labels in [0, n_classes), with
+    Adam; deterministic given `seed`.
 
     At least `min_steps` steps: a small data set gets more epochs, or its classifier would be
     under-confident on real images and make every sample look implausible. With `log_epochs`, a
@@ -63,7 +78,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
     every = math.ceil(epochs / 10)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = LabelClassifier(images[0].numel()).to(device)
+    model = LabelClassifier(images[0].numel(), n_classes=n_classes).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     x_all, y_all = images.to(device), labels.long().to(device)
     start = time.perf_counter()
@@ -74,7 +89,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
         order = torch.randperm(len(x_all), generator=generator).to(device)
         for part in batches(len(order), batch_size):
             idx = order[part]
-            logits = model(grey_levels(x_all[idx]))
+            logits = model(pixel_levels(x_all[idx]))
             loss = nn.functional.cross_entropy(logits, y_all[idx])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,9 +108,9 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The fraction of uint8 images (N, C, H, W), read as grey levels, whose label is the most probable class."""
+    """The fraction of uint8 images (N, C, H, W), read as levels in [0, 1], whose label is the most probable class."""
     device = next(model.parameters()).device
-    correct = sum(int((model(grey_levels(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
+    correct = sum(int((model(pixel_levels(images[p].to(device))).argmax(1) == labels[p].to(device)).sum())
                   for p in batches(len(images), 1000))
     return correct / len(images)
 
@@ -107,12 +122,16 @@ def cache_path(images: ImageSet, cache_dir: Path, name: str) -> Path:
 
 def cached_classifier(images: ImageSet, cache_dir: Path, name: str, device: torch.device | str = "cpu",
                       log_epochs: bool = False) -> tuple[LabelClassifier, dict]:
-    """The classifier of the training file of `images` (the files as read, never binarised): loaded
-    from `cache_dir` or trained there once (`log_epochs`: a log line per epoch, see
-    `train_classifier`); its accuracy on the grey test file goes in the record."""
+    """The classifier of the training file of a labelled data set `images` (the files as read, never
+    binarised): loaded from `cache_dir` or trained there once (`log_epochs`: a log line per epoch,
+    see `train_classifier`); its number of classes and its accuracy on the test file (never
+    binarised) go in the record."""
+    if not images.labelled:
+        raise ValueError(f"the data set {name} has no labels: there is no classifier to train on it")
     train_x, train_y = images.train_images, images.train_labels
     path = cache_path(images, cache_dir, name)
-    model = LabelClassifier(train_x[0].numel())
+    n_classes = class_count(images)
+    model = LabelClassifier(train_x[0].numel(), n_classes=n_classes)
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model = model.to(device).eval()
@@ -120,10 +139,10 @@ def cached_classifier(images: ImageSet, cache_dir: Path, name: str, device: torc
     else:
         log.info("training the reference classifier on %d images (once; cached in %s)", len(train_x), path)
         start = time.perf_counter()
-        model = train_classifier(train_x, train_y, device=device, log_epochs=log_epochs)
+        model = train_classifier(train_x, train_y, device=device, log_epochs=log_epochs, n_classes=n_classes)
         with atomic_write(path, "wb") as f:  # another process never reads half a file
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
         log.info("trained the reference classifier in %.1f s and saved it to %s", time.perf_counter() - start, path)
         cached = False
-    return model, {"classifier/path": str(path), "classifier/cached": cached,
+    return model, {"classifier/path": str(path), "classifier/cached": cached, "classifier/classes": n_classes,
                    "classifier/test_accuracy": accuracy(model, images.test_images, images.test_labels)}

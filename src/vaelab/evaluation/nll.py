@@ -20,6 +20,15 @@ distribution over pixels in {0, 1} only; with grey targets x ∈ [0, 1] its −l
 cross-entropy with soft targets, which no density of x gives (exp(−cross-entropy) does not
 integrate to 1 over [0, 1]^D: the continuous Bernoulli's normaliser fixes that), so that nll is a
 cross-entropy, not comparable with published NLLs.
+
+For colour data (C > 1 channels) eval.json adds test/bpd = test/nll / (C·H·W · ln 2)
+(`bits_per_dim`), the convention of colour-image papers, and test/bpd_measures: bits per
+dimension of the likelihood in use, a continuous density of levels in data.pixel_range for mse,
+gaussian and cbernoulli. The literature's bits per dimension (CIFAR-10 and the like) are −log2 of
+a *discrete* probability of 8-bit values (a discretised likelihood, or a density of uniformly
+dequantised values on [0, 256]); vaelab's likelihoods are not discretised, so its bpd does not
+compare with those numbers (a density on [0, 1] is 8 bits per dimension below the same density on
+[0, 256], and can be negative). Grey data keep test/nll alone, as before.
 """
 
 import math
@@ -43,17 +52,49 @@ BERNOULLI_ON_GREY = ("a cross-entropy, not −log p(x): on grey levels the Berno
                      "(data.binarize=dynamic or static makes it −log p(x))")
 
 
-def nll_meaning(kind: str, binarize: str) -> dict[str, bool | str]:
+# What test/bpd is (colour data only), by likelihood kind, and why it is not the literature's 8-bit bpd.
+BPD = "test/nll / (C·H·W·ln 2): "
+BPD_OF_DENSITY = "bits per dimension of the continuous density p(x) of recon_loss={kind}, x in data.pixel_range"
+BPD_LESS_MSE_CONSTANT = ", less the constant ½·log2 π ≈ 0.83 bits per dimension that test/nll leaves out"
+BPD_OF_BINARY = "bits per dimension of the binarised images under Bernoulli pixels (−log2 of a probability mass of {0, 1} values)"
+BPD_OF_CROSS_ENTROPY = "the cross-entropy test/nll in bits per dimension, the −log2 of no density"
+NOT_8_BIT = ("; not comparable with the literature's bits per dimension on 8-bit images (e.g. CIFAR-10), which are "
+             "−log2 of a discrete probability of the 256 levels (a discretised likelihood, or a density of "
+             "dequantised values on [0, 256])")
+NOT_DISCRETISED = (": this likelihood is not discretised (a density of levels in [0, 1] reads 8 bits per dimension "
+                   "lower than the same density on [0, 256], and can be negative)")
+
+
+def nll_meaning(kind: str, binarize: str, channels: int = 1) -> dict[str, bool | str]:
     """eval.json's statement of what test/nll is, for likelihood `kind` on data with `data.binarize`:
     test/nll_is_likelihood (whether it is −log p(x) of a normalised distribution, density or mass,
-    up to test/nll_constant; False: a cross-entropy) and test/nll_measures (one sentence)."""
+    up to test/nll_constant; False: a cross-entropy) and test/nll_measures (one sentence); for colour
+    data (`channels` > 1), also test/bpd_measures: what test/bpd (`bits_per_dim`) is."""
     if kind == "bce":
         binary = binarize != "none"  # static or dynamic: pixels in {0, 1}
-        return {"test/nll_is_likelihood": binary, "test/nll_measures": BERNOULLI_ON_BINARY if binary else BERNOULLI_ON_GREY}
-    if kind in DENSITIES:
-        return {"test/nll_is_likelihood": True, "test/nll_measures": DENSITIES[kind]}
-    # A new likelihood must say what its nll is rather than borrow another's sentence.
-    raise ValueError(f"no statement of what test/nll measures for recon_loss={kind!r}; add one to {__name__}")
+        meaning = {"test/nll_is_likelihood": binary, "test/nll_measures": BERNOULLI_ON_BINARY if binary else BERNOULLI_ON_GREY}
+        bpd = BPD + (BPD_OF_BINARY + NOT_8_BIT + ": these are two-level images" if binary
+                     else BPD_OF_CROSS_ENTROPY + NOT_8_BIT)
+    elif kind in DENSITIES:
+        meaning = {"test/nll_is_likelihood": True, "test/nll_measures": DENSITIES[kind]}
+        bpd = (BPD + BPD_OF_DENSITY.format(kind=kind) + (BPD_LESS_MSE_CONSTANT if kind == "mse" else "")
+               + NOT_8_BIT + NOT_DISCRETISED)
+    else:
+        # A new likelihood must say what its nll is rather than borrow another's sentence.
+        raise ValueError(f"no statement of what test/nll measures for recon_loss={kind!r}; add one to {__name__}")
+    if channels > 1:
+        meaning["test/bpd_measures"] = bpd
+    return meaning
+
+
+def bits_per_dim(nll: float, image_shape: tuple[int, ...]) -> float:
+    """test/bpd: nll (nats per image) / (C·H·W · ln 2), in bits per dimension (per value of an image).
+
+    The continuous density's bits per dimension for the likelihood in use (see `nll_meaning`), not
+    the literature's discrete 8-bit bits per dimension unless the likelihood is discretised (none of
+    vaelab's is): a density on [0, 1] reads 8 bits per dimension lower than on [0, 256].
+    """
+    return nll / (math.prod(image_shape) * math.log(2))
 
 
 # log p(x|z) up to the constant: takes codes (K, B, latent_dim) and images (B, ...), returns (K, B).

@@ -1,13 +1,17 @@
 """Image panels that show the latent space: each is a uint8 RGB array (H, W, 3) with a caption.
 
-Grids of decoded images are 28×28 tiles with 2-pixel grey borders, so a grid of r rows and
-c columns of H×W images is (r·(H+2)+2) × (c·(W+2)+2) pixels. Charts (scatter, KL bars) are
-matplotlib figures rendered without pyplot, so no global state or display is touched, and with
-fixed margins: `tight_layout` measured every tick label again and took half of a chart's time.
+Grids of decoded images are tiles of the images' own size (H×W) with 2-pixel grey borders, so a
+grid of r rows and c columns is (r·(H+2)+2) × (c·(W+2)+2) pixels: grey tiles for one channel,
+colour tiles for three (the two image kinds a panel shows; another C is refused). Charts
+(scatter, KL bars) are matplotlib figures rendered without pyplot, so no global state or display
+is touched, and with fixed margins: `tight_layout` measured every tick label again and took half
+of a chart's time.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,7 +34,11 @@ class Panel:
 
 
 def grid_image(images: torch.Tensor, ncol: int) -> np.ndarray:
-    """(N, C, H, W) images in [0, 1] → one uint8 (H', W', 3) grid, `ncol` images per row."""
+    """(N, C, H, W) images in [0, 1] → one uint8 (H', W', 3) grid, `ncol` images per row: C=1 grey
+    (each level on all three channels), C=3 RGB; the borders mid-grey (0.5) either way."""
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"a panel shows grey (C=1) or RGB (C=3) images, not C={images.shape[1]} "
+                         f"(images {tuple(images.shape[1:])})")
     grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=ncol, padding=PADDING, pad_value=0.5)
     return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
 
@@ -47,19 +55,41 @@ def decode_means(model, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor
     return torch.cat([model.likelihood.means(model.decode(z[part])) for part in batches(len(z), batch_size)])
 
 
-def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str) -> np.ndarray:
+def scatter_panel(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str,
+                  classes: Optional[Sequence[str]] = None) -> np.ndarray:
+    """`scatter_figure` rendered: (500, 500, 3) uint8."""
+    return figure_image(scatter_figure(coords, labels, axes, title, classes))
+
+
+def scatter_figure(coords: torch.Tensor, labels: torch.Tensor, axes: list[str], title: str,
+                   classes: Optional[Sequence[str]] = None) -> Figure:
+    """The 2-D codes `coords` (N, 2) coloured by label (N,): up to 10 classes in matplotlib's C0–C9
+    with a legend (named by `classes[label]` where given), more on a continuous colour scale with a
+    colourbar; points without a label (-1) in grey, and a data set without labels in one colour,
+    with no legend."""
     fig = Figure(figsize=(5, 5), dpi=100)
     fig.subplots_adjust(left=0.15, right=0.97, bottom=0.1, top=0.93)
     ax = fig.add_subplot()
-    points, classes = coords.cpu().numpy(), labels.cpu().numpy()
-    for c in np.unique(classes):
-        mask = classes == c
-        ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=f"C{int(c) % 10}", label=str(int(c)))
+    points, values = coords.cpu().numpy(), labels.cpu().numpy()
+    known = values >= 0
+    present = np.unique(values[known])
+    if not known.all():  # no label: one colour, named only beside labelled points
+        ax.scatter(points[~known, 0], points[~known, 1], s=6, alpha=0.7, color="C0" if not known.any() else "0.6",
+                   label="no label")
+    if len(present) and present.max() < 10:
+        for c in present:
+            mask = values == c
+            name = classes[int(c)] if classes is not None and int(c) < len(classes) else str(int(c))
+            ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=f"C{int(c)}", label=name)
+    elif len(present):  # too many classes for a legend: the label's number on a colour scale
+        shown = ax.scatter(points[known, 0], points[known, 1], s=6, alpha=0.7, c=values[known], cmap="turbo")
+        fig.colorbar(shown, ax=ax, label="label")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=9)
-    ax.legend(markerscale=2, fontsize=7, loc="best", title="label", title_fontsize=7)
-    return figure_image(fig)
+    if len(present) and present.max() < 10:
+        ax.legend(markerscale=2, fontsize=7, loc="best", title="label", title_fontsize=7)
+    return fig
 
 
 def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
@@ -78,8 +108,9 @@ def kl_bar_panel(kl: torch.Tensor, active: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def make_panels(model, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8, n_samples: int = 64,
                 interpolation_steps: int = 10, traversal_dims: int = 10, traversal_steps: int = 9,
-                seed: int = 0) -> list[Panel]:
-    """All panels of the plain model `model` on images `x` (N, C, H, W, in the data's pixel range) with `labels`.
+                seed: int = 0, classes: Optional[Sequence[str]] = None) -> list[Panel]:
+    """All panels of the plain model `model` on images `x` (N, C, H, W, in the data's pixel range) with
+    `labels` (-1: none) and, where the data set names them, `classes` (the name of each label).
 
     The first `n_images` images are the fixed set shown; all N are encoded for the scatter,
     the activity order and the AE's fitted Gaussian.
@@ -126,11 +157,13 @@ def make_panels(model, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8,
                         f"row r: dimension {[int(d) + 1 for d in order]}[r] (most active first) from "
                         f"−{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g} {unit}; the others at a test image's code"))
 
-    # 5) 2-D scatter of the codes coloured by label.
+    # 5) 2-D scatter of the codes coloured by label (one colour when the data have no labels).
     coords, axes = project_2d(codes.mu)
     how = "the latent itself" if codes.mu.shape[1] <= 2 else "PCA of the codes"
-    panels.append(Panel("latent_scatter", scatter_panel(coords, labels[: len(coords)], axes, f"test codes ({how}) by label"),
-                        f"{len(coords)} test codes, {how}, coloured by label"))
+    labels = labels[: len(coords)]
+    by = " by label" if bool((labels >= 0).any()) else ""
+    panels.append(Panel("latent_scatter", scatter_panel(coords, labels, axes, f"test codes ({how}){by}", classes),
+                        f"{len(coords)} test codes, {how}, " + ("coloured by label" if by else "the data have no labels")))
 
     # 6) KL per dimension, for model types with a KL term.
     if "kl" in model.terms:

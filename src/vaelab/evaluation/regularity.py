@@ -16,12 +16,14 @@ Steps are measured in each model's own code scale, so AE and VAE compare.
 Completeness: codes drawn from the prior should decode to plausible images. Plausibility is
 judged by a small classifier trained on the same data (`classifier.py`): its mean max-softmax
 confidence on decoded samples, beside its confidence on real test images, and the class
-coverage exp(H(mean predicted distribution)) (10 when samples spread over all classes, 1 when
-they collapse to one). Chosen over the Fréchet distance between classifier features because
+coverage exp(H(mean predicted distribution)) (K, the number of classes, when samples spread over
+all classes evenly, 1 when they collapse to one). It needs labels to train that classifier: on a
+data set without them, eval records completeness as not applicable. Chosen over the Fréchet distance between classifier features because
 it needs no large sample to be unbiased (FID is biased at a few thousand samples), reads on a
 fixed scale (0.1 to 1) and is cheap enough for every evaluation. The reference numbers are
-measured on the same kind of images as the samples: decoded samples are pixel means, grey levels
-in [0, 1], so the real test images are the grey ones, before any binarisation (data.binarize).
+measured on the same kind of images as the samples: decoded samples are pixel means, levels in
+[0, 1] (grey or colour), so the real test images are the ones as read, before any binarisation
+(data.binarize).
 A binarised image is sharper than any pixel mean and gets another confidence: judging samples
 against it would mix the model's quality with the change of image kind.
 """
@@ -71,8 +73,8 @@ def completeness(model, classifier, codes: Codes, test_images: torch.Tensor, n_s
     """Classifier judgements of decoded N(0, I) samples, and of the model's own code distribution
     where that is another (an AE's fitted Gaussian), from the same noise.
 
-    `test_images` (N, 1, H, W) give the reference values of real images: grey levels in [0, 1],
-    never binarised (`classifier.grey_levels` of the test file), like the decoded pixel means.
+    `test_images` (N, C, H, W) give the reference values of real images: levels in [0, 1], never
+    binarised (`classifier.pixel_levels` of the test file), like the decoded pixel means.
     """
     device = next(classifier.parameters()).device
     eps = torch.randn(n_samples, codes.mu.shape[1], generator=generator).to(codes.mu)

@@ -39,8 +39,11 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
     rows = [(f"test/{term}", _num(r[f"test/{term}"]), meanings.get(term, "")) for term in r["terms"]]
     if has_density:
         nll_is = "−log p(x)" if is_likelihood else "**a cross-entropy, not −log p(x)** (see below)"
-        rows += [("test/nll", _num(r["test/nll"]), f"{nll_is}, importance-sampled with k={r['eval/k']}"),
-                 ("test/nll_gap", _num(r["test/nll_gap"]), "nelbo − nll ≥ 0: how loose the bound is")]
+        rows += [("test/nll", _num(r["test/nll"]), f"{nll_is}, importance-sampled with k={r['eval/k']}")]
+        if "test/bpd" in r:  # colour data
+            rows += [("test/bpd", _num(r["test/bpd"], 4), "nll / (C·H·W·ln 2), bits per dimension: **not** the "
+                      "literature's 8-bit bpd (see below)")]
+        rows += [("test/nll_gap", _num(r["test/nll_gap"]), "nelbo − nll ≥ 0: how loose the bound is")]
     lines += _table(rows)
     if has_density:
         constant = r["test/nll_constant"]
@@ -52,6 +55,8 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                   f"the ELBO of the very same samples is {_num(r['test/nelbo_same_samples'])}.",
                   "", f"**What nll measures** (`test/nll_is_likelihood` = {str(is_likelihood).lower()}): "
                   f"{r['test/nll_measures']}."]
+        if "test/bpd_measures" in r:
+            lines += ["", f"**What bpd measures**: {r['test/bpd_measures']}."]
         if r["recon_loss"] == "mse":
             lines += ["", "The mse decoder is read as a Gaussian p(x|z) = N(x', σ² I) with σ² = ½, since "
                       "−log N(x; x', σ² I) = ‖x − x'‖²/(2σ²) + (D/2)·log(2πσ²) = ‖x − x'‖² + ½·D·log π. "
@@ -67,7 +72,8 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                       "better models of these data but not comparable with published NLLs. Train and evaluate with "
                       "data.binarize=dynamic (or static) for −log p(x) in nats."]
     else:
-        lines += ["", f"**Not applicable to model={r['model']}:**", "", *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items())]
+        lines += ["", f"**Not applicable to model={r['model']}:**", "",
+                  *(f"- `{k}`: {v}" for k, v in r["not_applicable"].items() if k.startswith("test/"))]
 
     lines += ["", "## Latent space", "",
               f"Active units (Burda et al. 2015: Cov_x(E_q[z_i]) > 0.01): **{r['test/active_units']} of {r['latent_dim']}**."]
@@ -82,21 +88,15 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                        ("continuity/random_change_per_unit", _num(r.get("continuity/random_change_per_unit")), "random direction"),
                        ("continuity/neighbour_change_per_unit", _num(r.get("continuity/neighbour_change_per_unit")), "towards the nearest test code"),
                        ("continuity/ratio", _num(r.get("continuity/ratio")), "random / neighbour")])]
-    rows = [("completeness/test_confidence", _num(r["completeness/test_confidence"]), "real grey test images, never binarised (the reference)"),
-            ("completeness/prior_confidence", _num(r["completeness/prior_confidence"]), "decoded z ~ N(0, I)"),
-            ("completeness/prior_class_coverage", _num(r["completeness/prior_class_coverage"]), "of 10: how many classes the samples spread over")]
-    if "completeness/fitted_gaussian_confidence" in r:
-        rows += [("completeness/fitted_gaussian_confidence", _num(r["completeness/fitted_gaussian_confidence"]), "decoded z ~ N(m, C) fitted to the AE's codes"),
-                 ("completeness/fitted_gaussian_class_coverage", _num(r["completeness/fitted_gaussian_class_coverage"]), "of 10")]
-    lines += ["", "### Completeness", "",
-              "Do decoded prior samples look like data? A small classifier, trained once on the same training file "
-              f"and cached (test accuracy {_num(r['classifier/test_accuracy'])}), judges them: the mean max-softmax "
-              "confidence, and the class coverage exp(H(mean predicted distribution)). Confidence was chosen over a "
-              "Fréchet distance of classifier features: it is unbiased with a thousand samples and reads on a fixed "
-              "scale (0.1 to 1). The decoded samples are pixel means, grey levels in [0, 1]; the classifier is "
-              "trained, and its reference numbers (test accuracy, `completeness/test_*`) are measured, on grey "
-              f"images too: the test images before any binarisation (here binarize={r.get('data/binarize')}), "
-              "so that the reference compares like with like.", "", *_table(rows)]
+    lines += ["", "### Completeness", ""]
+    if "completeness/test_confidence" not in r:  # a data set without labels: no classifier to judge with
+        by_reason: dict[str, list[str]] = {}
+        for key, why in r.get("not_applicable", {}).items():
+            if not key.startswith("test/"):
+                by_reason.setdefault(why, []).append(f"`{key}`")
+        lines += ["Not applicable to these data:", "", *(f"- {', '.join(keys)}: {why}" for why, keys in by_reason.items())]
+    else:
+        lines += _completeness(r)
     lines += ["", "## Panels", ""]
     for name, file in r["panels"].items():
         lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]
@@ -107,3 +107,23 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
                   "", f"{_num(sum(value for _, value in times), 1)} s in all before the files were written "
                   "(eval.json: `time/<stage>_s`, `time/total_s`).", ""]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def _completeness(r: dict[str, Any]) -> list[str]:
+    """The completeness section's text and table, for a labelled data set."""
+    classes = r.get("classifier/classes", 10)  # records written before colour data had no count: 10
+    rows = [("completeness/test_confidence", _num(r["completeness/test_confidence"]), "real test images, never binarised (the reference)"),
+            ("completeness/prior_confidence", _num(r["completeness/prior_confidence"]), "decoded z ~ N(0, I)"),
+            ("completeness/prior_class_coverage", _num(r["completeness/prior_class_coverage"]), f"of {classes}: how many classes the samples spread over")]
+    if "completeness/fitted_gaussian_confidence" in r:
+        rows += [("completeness/fitted_gaussian_confidence", _num(r["completeness/fitted_gaussian_confidence"]), "decoded z ~ N(m, C) fitted to the AE's codes"),
+                 ("completeness/fitted_gaussian_class_coverage", _num(r["completeness/fitted_gaussian_class_coverage"]), f"of {classes}")]
+    return [
+        "Do decoded prior samples look like data? A small classifier, trained once on the same training file "
+        f"and cached (test accuracy {_num(r['classifier/test_accuracy'])}), judges them: the mean max-softmax "
+        "confidence, and the class coverage exp(H(mean predicted distribution)). Confidence was chosen over a "
+        "Fréchet distance of classifier features: it is unbiased with a thousand samples and reads on a fixed "
+        f"scale (1/{classes} to 1). The decoded samples are pixel means, levels in [0, 1]; the classifier is "
+        "trained, and its reference numbers (test accuracy, `completeness/test_*`) are measured, on such levels "
+        f"too: the test images before any binarisation (here binarize={r.get('data/binarize')}), "
+        "so that the reference compares like with like.", "", *_table(rows)]

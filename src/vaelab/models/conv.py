@@ -1,4 +1,9 @@
-"""Convolutional encoder and decoder: each hidden dim is one stride-2 conv layer's channels."""
+"""Convolutional encoder and decoder: each hidden dim is one stride-2 conv layer's channels.
+
+They take images of any (C, H, W): grey or colour, odd, non-square, as small as 1×1 (a size-1
+side stays 1). Each layer maps a side of n to ⌈n/2⌉, and the decoder's transposed convs restore
+the encoder's exact sizes (output_padding 0 or 1), so the decoder's output has the input's shape.
+"""
 
 from collections.abc import Sequence
 

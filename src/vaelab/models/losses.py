@@ -1,7 +1,9 @@
 """Loss terms of AEs and VAEs.
 
-Every term is reduced the same way: summed over the pixels of an image (reconstruction) or
-over the latent dimensions (KL), then averaged over the batch. Mixing a per-pixel mean with a
+Every term is reduced the same way: summed over the D = C·H·W values of an image, every channel
+of every pixel (reconstruction), or over the latent dimensions (KL), then averaged over the batch.
+A colour image's reconstruction term is therefore the sum of its channels' terms, each computed as
+for a grey image (for gaussian: with the one σ the image's channels share, see `Likelihood`). Mixing a per-pixel mean with a
 sum would silently rescale β by the number of pixels. The decoder likelihoods p(x|z) are the
 class `Likelihood`; its `error` is one value per image (B,), the batch mean is the caller's.
 """
@@ -55,7 +57,8 @@ class BernoulliNLL(torch.autograd.Function):
 
 
 def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Reconstruction error of decoder `logits` against images `x` in [0, 1], one value per image (B,).
+    """Reconstruction error of decoder `logits` against images `x` in [0, 1], one value per image (B,),
+    summed over its C·H·W values ("pixels" below: each channel of each pixel).
 
     mse:        ‖x − sigmoid(logits)‖², summed over pixels.
     bce:        −log p(x|z) for independent Bernoulli pixels with these logits, in nats, summed
@@ -176,7 +179,8 @@ class Likelihood(nn.Module):
     pixels is 4 times the one on [0, 1]; bce needs [0, 1]). For the densities (gaussian,
     cbernoulli), −log p(x) = −log p(x_u) + D·log(scale), scale = high − low (change of variables).
 
-        error(logits, x) = −log p(x|z) − constant(D), per image (B,), summed over the D pixels
+        error(logits, x) = −log p(x|z) − constant(D), per image (B,), summed over its D = C·H·W
+                           values (every channel of every pixel: "pixels" below)
         constant(D)      = 0 for bce, gaussian and cbernoulli; ½·D·log π for mse
 
     mse:        scale²·‖x_u − x̂‖², read as the Gaussian N(x', σ² I) with σ² = ½ in the data's
@@ -185,9 +189,11 @@ class Likelihood(nn.Module):
                 for binary images only; on grey levels the cross-entropy with soft targets)
     gaussian:   the σ-VAE (Rybkin et al. 2021), p(x_u|z) = N(x_u; x̂, σ² I):
                 ‖x_u − x̂‖²/(2σ²) + D·log σ + ½·D·log 2π + D·log(scale)
-                σ = "learned": one scalar, the parameter `log_sigma` (init 0) of this module;
+                σ = "learned": one scalar, the parameter `log_sigma` (init 0) of this module,
+                shared by every pixel and channel;
                 σ = "optimal": per image, σ*² = ‖x_u − x̂‖²/D, which minimises the above over σ
-                (then ‖x_u − x̂‖²/(2σ*²) = D/2);
+                (then ‖x_u − x̂‖²/(2σ*²) = D/2): one σ* per image over all its C·H·W values,
+                not one per channel (a colour image's channels share it, as its pixels do);
                 either soft-clipped: log σ ← −6 + softplus(log σ + 6), so a perfect
                 reconstruction gives a finite loss (σ is in [0, 1] units)
     cbernoulli: the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), λ = sigmoid(l):

@@ -1,4 +1,5 @@
-"""Fully connected encoder and decoder for small images."""
+"""Fully connected encoder and decoder for small images of any (C, H, W): the first layer takes the C·H·W
+values of an image flattened, the last gives them back in that shape."""
 
 import math
 from collections.abc import Sequence

@@ -24,9 +24,9 @@ from omegaconf import DictConfig, open_dict
 from vaelab.checkpoints import read_checkpoint
 from vaelab.config import refuse, task_overrides, training_data_config
 from vaelab.errors import CheckpointError
-from vaelab.evaluation.classifier import cache_path, cached_classifier, grey_levels
+from vaelab.evaluation.classifier import cache_path, cached_classifier, pixel_levels
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
-from vaelab.evaluation.nll import importance_sampled_sums, model_log_likelihood, nll_meaning
+from vaelab.evaluation.nll import bits_per_dim, importance_sampled_sums, model_log_likelihood, nll_meaning
 from vaelab.evaluation.panels import make_panels, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
@@ -47,8 +47,8 @@ STAGES = {
     "nll": "the importance-sampled nll, and recon and nelbo averaged over the same k samples",
     "objective": "the model's own loss on the test images",
     "continuity": "continuity/*",
-    "classifier": "loading (or training once) the reference classifier and its test accuracy",
-    "completeness": "completeness/*",
+    "classifier": "loading (or training once) the reference classifier and its test accuracy (labelled data only)",
+    "completeness": "completeness/* (labelled data only)",
     "panels": "the panels, drawn and saved",
     "write": "report.md and eval.json",
 }
@@ -179,7 +179,9 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
     expectation as training's single-sample test/recon, with far less noise) and the KL is
     exact, so nelbo ≥ nll up to the estimate's tiny error. A deterministic code's recon is exact.
     What nll is (−log p(x), or a cross-entropy for bce on grey levels) is stated
-    beside it: test/nll_is_likelihood, test/nll_measures (`nll_meaning`).
+    beside it: test/nll_is_likelihood, test/nll_measures (`nll_meaning`). Colour images (C > 1)
+    also get test/bpd = nll / (C·H·W·ln 2) and test/bpd_measures (`bits_per_dim`: the continuous
+    density's bits per dimension, not the literature's 8-bit bpd); grey images get no bpd.
 
     `stages` (eval's): times the stages terms, nll and objective, and logs the nll's progress;
     without it this is silent.
@@ -195,7 +197,8 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
                     sums[term] += float(value) * (part.stop - part.start)
             note.detail = f"{n} images encoded; {', '.join(model.terms)} exact"
             return {f"test/{term}": total / n for term, total in sums.items()}, codes
-        meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize)  # first: an unknown kind fails before the work
+        # first: an unknown kind fails before the work
+        meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize, channels=x.shape[1])
         kl_dims = kl_per_dim(codes)
         note.detail = f"{n} images encoded; KL per dimension, exact: {float(kl_dims.sum()):.3f} nats"
     with stages("nll") as note:
@@ -213,21 +216,35 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
                                              for part in batches(n, batch_size)) / n, dtype=torch.float64)
             note.detail = f"{getattr(model, 'objective', None) or 'its loss'} on {n} images"
     nll = sums["nll"] / n
+    bpd = {"test/bpd": bits_per_dim(nll, tuple(x.shape[1:]))} if x.shape[1] > 1 else {}  # colour data only
     return {
         **{f"test/{k}": float(v) for k, v in terms.items()},
-        "test/nll": nll, "test/nll_gap": float(terms["nelbo"]) - nll, "test/nelbo_same_samples": sums["nelbo"] / n,
+        "test/nll": nll, **bpd, "test/nll_gap": float(terms["nelbo"]) - nll, "test/nelbo_same_samples": sums["nelbo"] / n,
         "test/nll_constant": model.likelihood.constant(x[0].numel()), **meaning,
         "test/kl_per_dim": [float(v) for v in kl_dims],
     }, codes
 
 
-def grey_test_images(datamodule, n: int) -> torch.Tensor:
-    """The first `n` test images as grey levels in [0, 1] (N, 1, H, W), before any binarisation.
+# What eval records instead of the classifier's and completeness's numbers on a data set without labels.
+NO_LABELS = ("the data set has no labels: completeness is judged by a classifier trained on the data's labels, "
+             "so there is no classifier and no completeness")
+
+
+def levels_of_test_images(datamodule, n: int) -> torch.Tensor:
+    """The first `n` test images as levels in [0, 1] (N, C, H, W), grey or colour, before any binarisation.
 
     The test split keeps the test file's order, so these are the images of the first n of the
     split, as the decoder's pixel means are: the reference for judging decoded samples.
     """
-    return grey_levels(datamodule.images.test_images[:n])
+    return pixel_levels(datamodule.images.test_images[:n])
+
+
+def completeness_keys(distribution_name: str) -> list[str]:
+    """The classifier's and completeness's keys of eval.json for a model whose codes come from
+    `distribution_name` (CodeDistribution.name): what a data set without labels lacks."""
+    judged = ["test", "prior", *([distribution_name] if distribution_name != "prior" else [])]
+    return ["classifier/test_accuracy",
+            *(f"completeness/{what}_{number}" for what in judged for number in ("confidence", "class_coverage"))]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -246,8 +263,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             cfg.data = data
         datamodule = build("data", cfg.data)
         data_info = datamodule.load()
-        classifier_path = cache_path(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name)
-        check_classifier_cache(classifier_path)  # before the minutes of evaluation that come before it
+        labelled = datamodule.images.labelled  # without labels there is no classifier, no completeness
+        if labelled:
+            classifier_path = cache_path(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name)
+            check_classifier_cache(classifier_path)  # before the minutes of evaluation that come before it
         model = load_model(ckpt_path, device)
 
         images, labels = datamodule.splits["test"]
@@ -264,29 +283,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics, codes = likelihood_metrics(model, x, cfg, stages)
     record.update(metrics)
     record["test/active_units"] = int((activity(codes) > ACTIVE_THRESHOLD).sum())
-    if model.not_applicable:
-        record["not_applicable"] = {f"test/{term}": why for term, why in model.not_applicable.items()}
+    not_applicable = {f"test/{term}": why for term, why in model.not_applicable.items()}
+    if "nll" in model.not_applicable and x.shape[1] > 1:  # colour data: bpd is the nll's, in other units
+        not_applicable["test/bpd"] = model.not_applicable["nll"]
+    if not labelled:
+        not_applicable.update(dict.fromkeys(completeness_keys(model.code_distribution(codes).name), NO_LABELS))
+    if not_applicable:
+        record["not_applicable"] = not_applicable
 
     generator = torch.Generator().manual_seed(cfg.seed)
     some = Codes(*(None if c is None else c[: cfg.eval.n_codes] for c in codes))
     with stages("continuity") as note:
         record.update(continuity(model, some.mu, generator))
         note.detail = f"{len(some.mu)} codes, ratio {record['continuity/ratio']:.3f}"
-    with stages("classifier") as note:
-        classifier, classifier_info = cached_classifier(datamodule.images, Path(cfg.eval.classifier_dir), datamodule.name,
-                                                        device, log_epochs=True)
-        record.update(classifier_info)
-        how = "loaded from the cache" if classifier_info["classifier/cached"] else "trained once and cached in"
-        note.detail = f"{how} {classifier_info['classifier/path']}; test accuracy {classifier_info['classifier/test_accuracy']:.3f}"
-    with stages("completeness") as note:
-        # The reference: grey test images, not x (binarised when data.binarize is set), since the
-        # samples judged beside them are pixel means, grey levels.
-        record.update(completeness(model, classifier, some, grey_test_images(datamodule, len(some.mu)),
-                                   cfg.eval.n_samples, generator))
-        note.detail = f"{cfg.eval.n_samples} decoded samples judged"
+    if labelled:
+        with stages("classifier") as note:
+            classifier, classifier_info = cached_classifier(datamodule.images, Path(cfg.eval.classifier_dir),
+                                                            datamodule.name, device, log_epochs=True)
+            record.update(classifier_info)
+            how = "loaded from the cache" if classifier_info["classifier/cached"] else "trained once and cached in"
+            note.detail = f"{how} {classifier_info['classifier/path']}; test accuracy {classifier_info['classifier/test_accuracy']:.3f}"
+        with stages("completeness") as note:
+            # The reference: the test images as read, not x (binarised when data.binarize is set), since
+            # the samples judged beside them are pixel means, levels in [0, 1].
+            record.update(completeness(model, classifier, some, levels_of_test_images(datamodule, len(some.mu)),
+                                       cfg.eval.n_samples, generator))
+            note.detail = f"{cfg.eval.n_samples} decoded samples judged"
+    else:
+        log.info("classifier, completeness: not applicable (%s)", NO_LABELS)
 
     with stages("panels") as note:
-        panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed)
+        panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed,
+                             classes=datamodule.images.classes)
         record["panels"] = {p.name: str(path.relative_to(out_dir)) for p, path in zip(panels, save_panels(panels, out_dir / "images"))}
         record["panel_captions"] = {p.name: p.caption for p in panels}
         note.detail = f"{len(panels)} panels in {out_dir / 'images'}"

@@ -19,7 +19,7 @@ def split_images(trainer: pl.Trainer, split: str, limit: Optional[int], device: 
     """The first `limit` images of a split as model inputs (floats in pixel_range) and their labels."""
     datamodule = trainer.datamodule
     if datamodule is None or not getattr(datamodule, "splits", None):
-        raise ConfigError("the LatentPanels callback needs vaelab's MNISTDataModule (trainer.fit(..., datamodule=...))")
+        raise ConfigError("the LatentPanels callback needs vaelab's ImageDataModule (trainer.fit(..., datamodule=...))")
     images, labels = datamodule.splits[split]
     images, labels = images[:limit].to(device), labels[:limit].to(device)
     # The DataModule's own conversion: uint8 → floats in data.pixel_range (val/test are never resampled).
@@ -83,7 +83,8 @@ class LatentPanels(pl.Callback):
 
     def _write_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, labels = split_images(trainer, "test", self.n_scatter, pl_module.device)
-        panels = make_panels(pl_module.model, x, labels, seed=self.seed, **self.panel_options)
+        classes = getattr(getattr(trainer.datamodule, "images", None), "classes", None)  # the labels' names, if any
+        panels = make_panels(pl_module.model, x, labels, seed=self.seed, classes=classes, **self.panel_options)
         folder = Path(self.output_dir or trainer.default_root_dir) / "images"
         self.saved += save_panels(panels, folder, suffix=f"_epoch{trainer.current_epoch:03d}")
         log_panels(trainer.loggers, panels, step=trainer.global_step)
