@@ -6,7 +6,6 @@
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -33,5 +32,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    refuse_unwritable_run_dir(sys.argv[1:])
-    run_app(main)
+    run_app(main, command_line_checks=(refuse_unwritable_run_dir,))

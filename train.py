@@ -41,7 +41,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    refuse_unwritable_run_dir(sys.argv[1:])  # first: the next check creates the directory
-    refuse_used_run_dir(sys.argv[1:])
     sys.argv += rank_overrides(sys.argv[1:])  # srun's rank r > 0 of a single run: its own log, no .hydra/
-    run_app(main)
+    # refuse_unwritable_run_dir first: refuse_used_run_dir creates the directory
+    run_app(main, command_line_checks=(refuse_unwritable_run_dir, refuse_used_run_dir))

@@ -9,12 +9,12 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.reports.summary import FAILED_SWEEP_EXIT_CODE
 from vaelab.rundir import is_relaunched_rank, lock_run_dir, rank_hydra_settings, refuse_earlier_run
 from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record_failure, run_sweep_job
@@ -22,7 +22,7 @@ from vaelab.sweeps.jobs import describe_error, in_multirun, is_sweep_job, record
 log = logging.getLogger("vaelab")
 
 # Printed by every Lightning process on these versions; nothing a user can act on. The second, on
-# any machine with SLURM installed: how to run under SLURM is the README's (srun, hydra/launcher=slurm).
+# any machine with SLURM installed: how to run under SLURM is docs/devices.md's (srun, hydra/launcher=slurm).
 # The last two, when a requeued SLURM job resumes in its own run directory: the earlier checkpoints
 # are kept on purpose, and the earlier CSV record was set aside (metrics.until_restart<n>.csv);
 # vaelab refuses every other run directory that holds files (vaelab.rundir.refuse_earlier_run).
@@ -61,8 +61,8 @@ def unwritable_dir(path: Path) -> Optional[Path]:
 
 
 def refuse_unwritable_run_dir(argv: list[str]) -> None:
-    """Exit with one line, before Hydra starts, if an explicit `hydra.run.dir` (or `hydra.sweep.dir`,
-    or the `paths.log_dir` they are under) cannot be created or written: Hydra would fail in its
+    """ConfigError, before Hydra starts, if an explicit `hydra.run.dir` (or `hydra.sweep.dir`, or
+    the `paths.log_dir` they are under) cannot be created or written: Hydra would fail in its
     logging setup with a page of traceback."""
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -73,27 +73,22 @@ def refuse_unwritable_run_dir(argv: list[str]) -> None:
         if blocked is not None:
             why = "is not writable by this user" if blocked.is_dir() else "is a file"
             where = "" if blocked == Path(value).absolute() else f" cannot be created: {blocked}"
-            print(f"error: {key}={value}{where} {why}; give a {key} that you can write to, or leave it out",
-                  file=sys.stderr)
-            sys.exit(2)
+            raise ConfigError(f"{key}={value}{where} {why}; give a {key} that you can write to, or leave it out")
 
 
 def refuse_used_run_dir(argv: list[str]) -> None:
-    """Exit before Hydra writes `.hydra/` if an explicit `hydra.run.dir` holds an earlier run or
-    another process is writing it; otherwise this process holds it from now on.
+    """ConfigError (or the rundir check's VaelabError) before Hydra writes `.hydra/` if an explicit
+    `hydra.run.dir` holds an earlier run or another process is writing it; otherwise this process
+    holds it from now on.
 
     Default run directories are unique to the microsecond; only an explicit one can collide.
     """
     for arg in argv:
         key, _, value = arg.partition("=")
         if key.lstrip("+") == "hydra.run.dir" and value:
-            try:
-                refuse_earlier_run(Path(value.strip("\"'")))
-                # Before Hydra writes .hydra/ there: a second run given the same directory stops here.
-                lock_run_dir(Path(value.strip("\"'")))
-            except VaelabError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+            refuse_earlier_run(Path(value.strip("\"'")))
+            # Before Hydra writes .hydra/ there: a second run given the same directory stops here.
+            lock_run_dir(Path(value.strip("\"'")))
 
 
 def rank_overrides(argv: list[str]) -> list[str]:
@@ -129,12 +124,20 @@ def hydra_refusal(err: Exception) -> Optional[str]:
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
-def run_app(main: Callable[[], Any]) -> None:
-    """Run a @hydra.main function; Hydra's refusals of the command line (`hydra_refusal`) end
-    with one line and exit code 2, as vaelab's own do. A sweep whose sweeper re-raises a job's
+def run_app(main: Callable[[], Any], command_line_checks: Sequence[Callable[[list[str]], None]] = ()) -> None:
+    """Run a @hydra.main function after `command_line_checks` (each given the command line, before
+    Hydra starts: refuse_unwritable_run_dir, refuse_used_run_dir); what they refuse, and Hydra's
+    refusals of the command line (`hydra_refusal`), end with one line and exit code 2, as vaelab's
+    own do. A sweep whose sweeper re-raises a job's
     VaelabError (Hydra's basic sweeper does, for a job the stacked launcher reports failed; the
     job's record says what failed) ends with that line and the failed sweep's exit code.
     HYDRA_FULL_ERROR=1 shows Hydra's report and the traceback instead."""
+    for check in command_line_checks:
+        try:
+            check(sys.argv[1:])
+        except VaelabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     shown = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
     try:
