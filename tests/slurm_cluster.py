@@ -28,7 +28,7 @@ PARTITION = "debug"
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# vaelab test cluster"
 # Each node says it has more cores and memory than the machine: SLURM then schedules what the
-# README's launcher config asks for (4 cpus per task, 32 GB per node) on this small machine, four
+# docs/devices.md's launcher config asks for (4 cpus per task, 32 GB per node) on this small machine, four
 # jobs to a node, so that the tests can run their sweeps side by side (tests/test_slurm.py).
 NODE_CPUS, NODE_MEMORY_MB = 16, 131072
 

@@ -1,4 +1,4 @@
-"""A model type added as the README says (declared in vaelab.catalog.MODEL_TYPES, a class, a config on top of another)
+"""A model type added as docs/extending.md says (declared in vaelab.catalog.MODEL_TYPES, a class, a config on top of another)
 trains, logs, is checked and is evaluated with no change anywhere else."""
 
 from collections.abc import Sequence
@@ -25,7 +25,7 @@ SPARSE_AE = ModelType("sparse_ae", f"{__name__}:SparseAE", (*ARCHITECTURE, "l1_w
 
 
 class SparseAE(AE, declared=SPARSE_AE):
-    """The README's example: AE with loss = recon + l1_weight · ‖z‖₁ (summed over latent dims, batch mean)."""
+    """docs/extending.md's example: AE with loss = recon + l1_weight · ‖z‖₁ (summed over latent dims, batch mean)."""
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
                  hidden_dims: Sequence[int] = (400,), net: str = "mlp", recon_loss: str = "mse",

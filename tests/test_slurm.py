@@ -1,6 +1,6 @@
 """`hydra/launcher=slurm` against a real SLURM cluster on this machine (the `slurm_cluster` fixture:
 munge, slurmctld and two slurmd nodes, tests/slurm_cluster.py), through `python train.py -m` with
-the README's command: only the partition, the account and the CPU accelerator differ from what a GPU
+docs/devices.md's command: only the partition, the account and the CPU accelerator differ from what a GPU
 cluster gets. Skipped, with the reason, where SLURM is not installed (`make test` installs it as root,
 as in CI)."""
 
@@ -27,7 +27,7 @@ from vaelab import rundir
 from vaelab.sweeps.slurm import rank_settings
 from vaelab.tasks.cli import rank_overrides
 
-# The README's command; the cluster's partition and account, and trainer.accelerator=cpu (small_run_overrides).
+# docs/devices.md's command; the cluster's partition and account, and trainer.accelerator=cpu (small_run_overrides).
 SLURM_SWEEP = ("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.account=vaelab")
 LONG_EPOCHS = 20  # the reference and the preempted run: long enough to be signalled in the middle of training
 

@@ -180,7 +180,7 @@ def test_a_member_refused_by_the_config_check_fails_alone_and_the_other_trains_a
 @pytest.mark.xdist_group("slurm")  # every SLURM test of the suite on one worker: one cluster
 @pytest.mark.slow
 def test_a_stacked_sweep_runs_inside_one_slurm_job(slurm_cluster, shared_data_dir, tmp_path):
-    """The README's way to stack on a cluster: the whole stacked sweep as one SLURM job (here srun's)."""
+    """docs/devices.md's way to stack on a cluster: the whole stacked sweep as one SLURM job (here srun's)."""
     command = ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--partition=debug", sys.executable,
                str(REPO / "train.py"), "-m", *small_run_overrides(shared_data_dir, tmp_path), "trainer.max_epochs=1",
                "logger=csv", "model.beta=1,4", "hydra/launcher=stacked"]

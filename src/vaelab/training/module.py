@@ -1,7 +1,7 @@
 """The LightningModule: one model type's losses in train/val/test, their logging, the optimiser;
 for one model or for a stack of N (models/stack.py), each member of which is a run of its own.
 
-Metric names are a public contract (see README): `{stage}/{term}` for each of the model type's
+Metric names are a public contract (see docs/evaluation.md, Metrics): `{stage}/{term}` for each of the model type's
 terms (a VAE: recon, kl, loss = recon + β·kl, nelbo = recon + kl; an AE: recon, loss) are epoch
 means over all devices; training values at the logging interval carry the suffix `_step`.
 
