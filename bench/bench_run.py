@@ -29,6 +29,11 @@ latent diagnostics and panels, test of the best checkpoint, metrics.json.
                   Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
                   enable_progress_bar=False).fit on a TensorDataset DataLoader, then .test
   default-1       python train.py trainer.max_epochs=1
+  colour-1        python train.py data=npz data.path=<colour.npz> data.val_size=5000 trainer.max_epochs=1: a
+                  colour data set of CIFAR-10's sizes (50,000 + 10,000 test images, 32×32×3, random
+                  pixels and labels written once into a .npz file: the time does not depend on
+                  what the pixels show), the default model otherwise (the MLP, 3,072 inputs)
+  colour-conv-1   the same with model.net=conv
   default-10      python train.py trainer.max_epochs=--epochs-long (10, the default of train.py)
   eval            python eval.py ckpt_path=<default-1's best checkpoint>, its defaults (k=1000
                   importance samples on all 10,000 test images), + --eval-args; the reference
@@ -70,7 +75,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_epoch import cpu_name, prepare_data, remove_work_dir  # noqa: E402
 
 ROWS = ["import-hydra", "refuse", "help", "cfg-job", "import-torch", "import-vaelab", "bare-lightning", "default-1", "default-10", "eval", "sweep-4-serial",
-        "sweep-4-joblib"]
+        "sweep-4-joblib", "colour-1", "colour-conv-1"]
+COLOUR_ROWS = {"colour-1": [], "colour-conv-1": ["model.net=conv"]}
+COLOUR_SIZES = (50_000, 10_000, 32, 32, 3)  # train, test, H, W, C: CIFAR-10's
 QUICK_COMMANDS = {"refuse": ["model.beta=-1"], "help": ["--help"], "cfg-job": ["--cfg", "job"]}
 QUICK_EXIT = {"refuse": 2}  # the exit code each quick row must end with (else 0)
 SWEEP_SEEDS = "0,1,2,3"
@@ -174,6 +181,17 @@ def top_imports(output: str, n: int = 8) -> list[tuple[str, float]]:
     return sorted(top.items(), key=lambda kv: -kv[1])[:n]
 
 
+def write_colour_npz(path: Path) -> None:
+    """Random uint8 images and labels of CIFAR-10's sizes (COLOUR_SIZES), as data=npz reads them."""
+    import numpy as np
+
+    n_train, n_test, height, width, channels = COLOUR_SIZES
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (n_train, height, width, channels), dtype=np.uint8),
+             y=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, height, width, channels), dtype=np.uint8),
+             y_test=rng.integers(0, 10, n_test))
+
+
 def describe_machine() -> str:
     cpu = cpu_name()
     gpu = ""
@@ -238,16 +256,17 @@ def main() -> None:
     print(f"rows:    {' '.join(r if r != 'default-10' else long_name for r in rows)}; {args.rounds} round(s), one at a time\n")
 
     walls: dict[str, list[float]] = {r: [] for r in rows}
-    records: dict[str, list[dict]] = {"default-1": [], "default-10": []}
-    epochs: dict[str, list[float]] = {"default-1": [], "default-10": []}
+    records: dict[str, list[dict]] = {"default-1": [], "default-10": [], **{row: [] for row in COLOUR_ROWS}}
+    epochs: dict[str, list[float]] = {"default-1": [], "default-10": [], **{row: [] for row in COLOUR_ROWS}}
+    colour_npz = work / "colour.npz"
     bare: list[dict] = []
     evals: list[dict] = []
     importtime = ""
     checkpoint: Path | None = None
 
-    def train_run(name: str, n_epochs: int, r: int) -> tuple[float, dict, Path]:
+    def train_run(name: str, n_epochs: int, r: int, extra: tuple[str, ...] = ()) -> tuple[float, dict, Path]:
         run_dir = work / f"{name}-r{r}"
-        wall, _ = timed([*train_py, f"trainer.max_epochs={n_epochs}", f"hydra.run.dir={run_dir}"], name)
+        wall, _ = timed([*train_py, f"trainer.max_epochs={n_epochs}", f"hydra.run.dir={run_dir}", *extra], name)
         record = json.loads((run_dir / "metrics.json").read_text())
         return wall, record, run_dir
 
@@ -288,6 +307,13 @@ def main() -> None:
                     epochs[row].extend(epoch_times(run_dir, record))
                     if row == "default-1" and record.get("best_checkpoint"):
                         checkpoint = Path(record["best_checkpoint"])
+                elif row in COLOUR_ROWS:
+                    if not colour_npz.exists():
+                        write_colour_npz(colour_npz)
+                    wall, record, run_dir = train_run(row, 1, r, ("data=npz", f"data.path={colour_npz}", "data.val_size=5000",
+                                                                  *COLOUR_ROWS[row]))
+                    records[row].append(record)
+                    epochs[row].extend(epoch_times(run_dir, record))
                 elif row == "eval":
                     if checkpoint is None:  # default-1 not among the rows: one untimed run for its checkpoint
                         print("  eval: an untimed 1-epoch train.py run for a checkpoint to evaluate")
@@ -340,6 +366,13 @@ def main() -> None:
             cached = [e.get("classifier/cached") for e in evals]
             return (f"stages: {', '.join(f'{k} {v:.1f}' for k, v in stages.items() if v is not None)} s; classifier "
                     f"cached: {cached}; {' '.join(args.eval_args) or 'eval defaults'}")
+        if row in COLOUR_ROWS and epochs[row]:
+            def speed(name: str) -> str:
+                epoch, size = median(epochs[name]), median([rec["data/train_size"] for rec in records[name]])
+                return f"epoch {epoch:.2f} s, {size / epoch:,.0f} images/s ({size:,.0f} of {records[name][0]['data/image_shape']})"
+
+            beside = f"; default-1: {speed('default-1')}" if epochs["default-1"] else ""
+            return f"{speed(row)}{beside}"
         if row.startswith("sweep-4") and med.get(row):
             per_job = med[row] / 4
             return (f"{3600 * 4 / med[row]:.0f} jobs/hour; {per_job:.2f} s per job = {fmt(ratio(per_job, d1))} × "
