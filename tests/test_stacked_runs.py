@@ -18,6 +18,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -175,13 +176,25 @@ KINDS = {
     "dynamic-binarisation": ["data.binarize=dynamic", "model.recon_loss=bce"],
     # patience 0 on val/kl, which grows in the first epochs: each member's rate halves, each at its own times
     "plateau": ["optimizer.scheduler=plateau", "optimizer.patience=0", "optimizer.monitor=val/kl", "trainer.max_epochs=3"],
+    # colour images of your own (data=npz, 3×12×10, labels): the conv net on three channels
+    "colour-npz": ["data=npz", "data.path={npz}", "data.mirrors=null", "data.test_size=64", "model.net=conv",
+                   "model.hidden_dims=[4,8]"],
 }
+
+
+def _colour_npz(path: Path) -> Path:
+    """A small .npz of colour images as data=npz reads it: x uint8 (N, H, W, 3), y labels."""
+    generator = np.random.default_rng(0)
+    np.savez(path, x=generator.integers(0, 256, (512, 12, 10, 3), dtype=np.uint8), y=generator.integers(0, 5, 512))
+    return path
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_model_kind_stacks_and_each_member_equals_its_single_run(kind, shared_data_dir, tmp_path):
     register_resolvers()
-    overrides = ["trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0", *KINDS[kind]]
+    npz = _colour_npz(tmp_path / "colour.npz") if kind == "colour-npz" else None
+    overrides = ["trainer.max_epochs=1", "callbacks.latent_panels.every_n_epochs=0",
+                 *(o.format(npz=npz) for o in KINDS[kind])]
     jobs = [(1, 0), (4, 1)] if kind != "ae" else [(None, 0), (None, 1)]
     singles, cfgs = [], []
     for n, (beta, seed) in enumerate(jobs):
@@ -193,6 +206,8 @@ def test_every_model_kind_stacks_and_each_member_equals_its_single_run(kind, sha
     for member_dir, single_dir in zip([Path(c.paths.output_dir) for c in cfgs], singles):
         _assert_same_run(member_dir, single_dir)
         _assert_same_checkpoint(member_dir, single_dir)
+        if kind == "colour-npz":  # trained on the colour images indeed
+            assert _record(member_dir)["data/image_shape"] == [3, 12, 10]
         if kind == "plateau":  # the rate did fall, as the single run's did
             assert _record(member_dir)["train/lr"] == _record(single_dir)["train/lr"] < 1e-3
 
