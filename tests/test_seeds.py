@@ -31,7 +31,8 @@ from vaelab.reports.summary import CSV_FILE, MD_FILE, SEEDS_CSV_FILE, mean_std, 
 
 slow = pytest.mark.slow
 
-METRICS = [f"{stage}/{term}" for stage in ("val", "test") for term in ("recon", "kl", "loss", "nelbo")]
+# A VAE's terms, and at val and test the KL's parts (models/decomposition.py).
+METRICS = [f"{stage}/{term}" for stage in ("val", "test") for term in ("recon", "kl", "loss", "nelbo", "mi", "tc", "dwkl")]
 CELL = re.compile(r"^(-?\d+(?:\.(\d+))?) ± (\d+(?:\.\d+)?) \((\d+)\)$")  # `mean ± std (n)`
 
 

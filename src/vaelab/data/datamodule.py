@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from vaelab.catalog import BINARIZE
+from vaelab.data.factors import GroundTruth
 from vaelab.data.loader import StackedBatchLoader, TensorBatchLoader
 from vaelab.data.sources import ImageSet, load_images, remember_source, split_count
 from vaelab.errors import refused
@@ -34,9 +35,9 @@ def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 class ImageDataModule(pl.LightningDataModule):
     """The images of data set `name` (vaelab.catalog.DATASETS: MNIST, Fashion-MNIST, CIFAR-10, or
-    your own folder or .npz file at `path`) as uint8 tensors; `batch_size` is the global batch
-    over all devices. `val_size` and `test_size` are counts, or fractions of the images they
-    are taken from (see ImageSet.split_off_test)."""
+    your own folder or .npz file at `path`, or `size` dSprites-like images) as uint8 tensors;
+    `batch_size` is the global batch over all devices. `val_size` and `test_size` are counts, or
+    fractions of the images they are taken from (see ImageSet.split_off_test)."""
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class ImageDataModule(pl.LightningDataModule):
         image_size: Optional[int | Sequence[int]] = None,
         channels: Optional[int] = None,
         test_size: Optional[int | float] = None,
+        size: Optional[int] = None,
     ):
         super().__init__()
         if binarize not in BINARIZE:
@@ -63,6 +65,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.split_seed, self.mirrors, self.system_dir = split_seed, mirrors, system_dir
         self.path, self.image_size, self.channels, self.test_size = path, image_size, channels, test_size
+        self.size = size
         self.images: Optional[ImageSet] = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -85,7 +88,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.images is None:
             self.images = load_images(self.name, self.data_dir, self.source, self.mirrors, self.system_dir, self.split_seed,
                                       path=self.path, image_size=self.image_size, channels=self.channels,
-                                      test_size=self.test_size)
+                                      test_size=self.test_size, size=self.size)
             remember_source(self.images, self.data_dir)
             self.splits = self._split(self.images)
             log.info("data: %s", ", ".join(f"{k.split('/')[-1]}={v}" for k, v in self.info.items()))
@@ -103,8 +106,11 @@ class ImageDataModule(pl.LightningDataModule):
         if val_size >= n:
             raise refused("data.val_size", self.val_size, f"smaller than the {n} images of the training file "
                           f"(data.source={images.source}), which it splits into train and val")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        val, train = order[:val_size], order[val_size:]
+        if images.shuffled:  # already in an order drawn with split_seed: slices, views without a copy
+            val, train = slice(0, val_size), slice(val_size, n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+            val, train = order[:val_size], order[val_size:]
         train_x, val_x, test_x = images.train_images[train], images.train_images[val], images.test_images
         if self.binarize == "static":
             train_x, val_x, test_x = ((x > 127).to(torch.uint8) * 255 for x in (train_x, val_x, test_x))
@@ -133,6 +139,13 @@ class ImageDataModule(pl.LightningDataModule):
             "data/image_shape": list(self.images.train_images.shape[1:]),  # [C, H, W]
             "data/labelled": self.images.labelled,
         }
+
+    @property
+    def ground_truth(self) -> Optional[GroundTruth]:
+        """The data set's known factors of variation (data=dsprites), None for the others; the test
+        images' factor indices are `self.images.test_factors`."""
+        self.load()
+        return self.images.ground_truth
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

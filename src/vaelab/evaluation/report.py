@@ -92,11 +92,12 @@ def write_report(path: Path, r: dict[str, Any]) -> None:
     if "completeness/test_confidence" not in r:  # a data set without labels: no classifier to judge with
         by_reason: dict[str, list[str]] = {}
         for key, why in r.get("not_applicable", {}).items():
-            if not key.startswith("test/"):
+            if key.startswith(("classifier/", "completeness/")):
                 by_reason.setdefault(why, []).append(f"`{key}`")
         lines += ["Not applicable to these data:", "", *(f"- {', '.join(keys)}: {why}" for why, keys in by_reason.items())]
     else:
         lines += _completeness(r)
+    lines += _disentanglement(r)
     lines += ["", "## Panels", ""]
     for name, file in r["panels"].items():
         lines += [f"### {name.replace('_', ' ')}", "", r["panel_captions"][name], "", f"![{name}]({file})", ""]
@@ -127,3 +128,65 @@ def _completeness(r: dict[str, Any]) -> list[str]:
         "trained, and its reference numbers (test accuracy, `completeness/test_*`) are measured, on such levels "
         f"too: the test images before any binarisation (here binarize={r.get('data/binarize')}), "
         "so that the reference compares like with like.", "", *_table(rows)]
+
+
+# disentanglement_lib's sizes (evaluation/disentanglement.py Sizes(), here without importing torch)
+PROTOCOL_SIZES = {"points": 10_000, "train": 10_000, "test": 5_000, "batch": 64}
+
+# What each disentanglement number is, as disentanglement_lib computes it (evaluation/disentanglement.py).
+DISENTANGLEMENT_MEANINGS = {
+    "mig": "MIG (Chen et al. 2018): mean over factors of the gap between the two latents most informative about it, / H(v_k)",
+    "sap": "SAP (Kumar et al. 2018): mean over factors of the gap between the two best single-latent classifiers' accuracies",
+    "dci_disentanglement": "DCI (Eastwood & Williams 2018): each latent's importance concentrated on one factor",
+    "dci_completeness": "DCI: each factor's importance concentrated on one latent",
+    "dci_informativeness": "DCI: test accuracy of the gradient-boosted trees predicting the factors",
+    "factor_vae": "FactorVAE score (Kim & Mnih 2018): majority-vote accuracy, the latent varying least with a factor fixed",
+    "beta_vae": "β-VAE score (Higgins et al. 2017): logistic-regression accuracy naming the shared factor",
+    "modularity": "modularity (Ridgeway & Zemel 2018): each latent's mutual information concentrated on one factor",
+    "explicitness": "explicitness (Ridgeway & Zemel 2018): mean test ROC-AUC of a logistic regression per factor",
+}
+
+
+def _disentanglement(r: dict[str, Any]) -> list[str]:
+    """The disentanglement section: the numbers, the protocol and the latent × factor mutual information."""
+    lines = ["", "## Disentanglement", ""]
+    if "disentanglement/protocol" not in r:
+        missing = {k: why for k, why in r.get("not_applicable", {}).items() if k.startswith("disentanglement/")}
+        if missing:
+            lines += [f"Not applicable to these data: {next(iter(missing.values()))} "
+                      f"({', '.join(f'`{k}`' for k in missing)})."]
+        else:
+            lines += ["Not computed (eval.disentanglement=false)."]
+        return lines
+    p = r["disentanglement/protocol"]
+    rows = [(f"disentanglement/{key}", _num(r[f"disentanglement/{key}"]), meaning)
+            for key, meaning in DISENTANGLEMENT_MEANINGS.items() if f"disentanglement/{key}" in r]
+    sizes = p["sizes"]
+    lines += [f"The mean codes μ(x) of images drawn uniformly from the factor grid of {p['data']}, against the "
+              f"factors {', '.join(f'{n} ({s})' for n, s in zip(r['disentanglement/factor_names'], r['disentanglement/factor_sizes']))}; "
+              f"computed as google-research/disentanglement_lib does, with {sizes['points']} points, "
+              f"{sizes['train']} train, {sizes['test']} test, batches of {sizes['batch']} "
+              + ("(its own sizes) " if sizes == PROTOCOL_SIZES else
+                 "(**not** its sizes, {points} points, {train} train, {test} test, batches of {batch}: set by "
+                 "`eval.disentanglement_sizes`, so not comparable with published numbers) ".format(**PROTOCOL_SIZES))
+              + f"(seed {p['seed']}, scikit-learn {p['sklearn']}; eval.json: `disentanglement/protocol`). "
+              "All lie in [0, 1], higher is better.", "", *_table(rows)]
+    if "disentanglement/factor_vae_active_dims" in r:
+        active, prune = r["disentanglement/factor_vae_active_dims"], p["metrics"]["factor_vae"]["prune_std"]
+        lines += ["", f"FactorVAE's votes used the {active} latents whose std over the data is at least {prune}." if active
+                  else f"No latent's std over the data reaches {prune}: FactorVAE has no latent to vote with, and its "
+                       "score is 0 (as disentanglement_lib gives it)."]
+    if r.get("disentanglement/warnings"):
+        lines += ["", "scikit-learn warned: " + "; ".join(r["disentanglement/warnings"]) + "."]
+    if "disentanglement/mutual_information" in r:
+        names = r["disentanglement/factor_names"]
+        entropy = r["disentanglement/factor_entropy"]
+        lines += ["", "### Mutual information, latent × factor (nats, 20-bin codes)", "",
+                  *markdown_table(["latent", *names],
+                                  [(f"z{i + 1}", *(f"{v:.3f}" for v in row))
+                                   for i, row in enumerate(r["disentanglement/mutual_information"])]
+                                  + [("H(factor)", *(f"{v:.3f}" for v in entropy))])]
+    times = r.get("disentanglement/time_s", {})
+    if times:
+        lines += ["", "Seconds per metric: " + ", ".join(f"{name} {value:.1f}" for name, value in times.items()) + "."]
+    return lines

@@ -24,8 +24,11 @@ from torch import nn
 
 from vaelab.catalog import FROM_DATA, MODEL_TYPES, ModelType
 from vaelab.models.conv import ConvDecoder, ConvEncoder
+from vaelab.models.decomposition import kl_decomposition
 from vaelab.models.losses import Likelihood, gaussian_kl_per_dim
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
+from vaelab.models.nets64 import (CONV64_CHANNELS, MLP1200_ENCODER, Conv64Decoder, Conv64Encoder, MLP1200Decoder,
+                                  MLP1200Encoder)
 from vaelab.models.objectives import log_prior_over_posterior
 from vaelab.models.schedules import KLSchedule
 
@@ -34,10 +37,13 @@ from vaelab.models.schedules import KLSchedule
 NETWORK_MODULES = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
+    "conv64": (Conv64Encoder, Conv64Decoder),  # disentanglement_lib's, 64×64 images only
+    "mlp1200": (MLP1200Encoder, MLP1200Decoder),  # β-VAE's on dSprites (= β-TCVAE's), tanh decoder
 }
 # model.hidden_dims=null takes these: widths of the MLP's layers, channels of the conv net's.
 # One 400-channel conv layer would give 78,400-wide heads (4.8 M parameters, minutes per CPU epoch).
-DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64)}
+# The published nets (models/nets64.py) have fixed widths: null gives theirs, any other value is refused.
+DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64), "conv64": CONV64_CHANNELS, "mlp1200": MLP1200_ENCODER}
 
 # exp(-20) keeps σ representable in float32 and bfloat16; exp(10) keeps σ² and the KL finite.
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -92,6 +98,7 @@ class Autoencoder(nn.Module):
 
     name: ClassVar[str]
     terms: ClassVar[tuple[str, ...]]  # logged as {stage}/{term}, in this order; "loss" is optimised
+    eval_terms: ClassVar[tuple[str, ...]] = ()  # logged after `terms` at validation and test only
     not_applicable: ClassVar[dict[str, str]] = {}  # evaluation terms this type has not, and why
     # Attributes in which the members of a stack (models/stack.py) may differ: each reaches the loss
     # as a buffer (one value per member) or is read on the host only (`advance`). A stack refuses
@@ -106,6 +113,7 @@ class Autoencoder(nn.Module):
         if declared is None:
             return
         cls.name, cls.terms, cls.per_member = declared.name, declared.terms, declared.per_member
+        cls.eval_terms = declared.eval_terms
         taken = set(inspect.signature(cls).parameters) - set(FROM_DATA)
         if taken != set(declared.settings):
             raise TypeError(f"{cls.__name__}'s constructor takes {', '.join(sorted(taken))}; its declaration "
@@ -123,8 +131,14 @@ class Autoencoder(nn.Module):
         self.likelihood = Likelihood(recon_loss, pixel_range, sigma=sigma or "learned")
 
     @classmethod
+    def stage_terms(cls, stage: str) -> tuple[str, ...]:
+        """The terms `losses` returns and the module logs at `stage`: `terms` while training (train),
+        then `eval_terms` too at val and test (the model in eval mode)."""
+        return cls.terms if stage == "train" else (*cls.terms, *cls.eval_terms)
+
+    @classmethod
     def metric_names(cls, stages: Sequence[str] = ("train", "val", "test")) -> list[str]:
-        return [f"{stage}/{term}" for stage in stages for term in cls.terms]
+        return [f"{stage}/{term}" for stage in stages for term in cls.stage_terms(stage)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -141,8 +155,13 @@ class Autoencoder(nn.Module):
         return None
 
     def losses(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """Batch means of `terms` for images `x` in the data's pixel range; `eps`: see `noise_shape`."""
+        """Batch means of `terms` for images `x` in the data's pixel range (in eval mode, of
+        `stage_terms("val")`); `eps`: see `noise_shape`."""
         raise NotImplementedError
+
+    def use_train_size(self, n: int) -> None:
+        """The number of training images (the data set whose aggregate posterior a model type may
+        estimate, like the VAE's KL decomposition); the training module sets it from the data."""
 
     def combine(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """All of `terms` from the measured parts (recon, and kl where there is one)."""
@@ -218,6 +237,17 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         loss  = −log (1/k) Σ_i exp(−recon(z_i) + β·f(t)·[log p(z_i) − log q(z_i|x)])
                 the k-sample bound (β = 1: a tighter bound on −log p(x) than nelbo; k = 1: the ELBO
                 with a sampled KL); recon, kl and nelbo are those of the first sample.
+
+        objective=tcvae (β-TCVAE, Chen et al. 2018), the KL split into its parts (models/decomposition.py):
+        loss  = recon + f(t)·(α·mi + β·tc + γ·dwkl)
+                mi: index-code mutual information, tc: total correlation, dwkl: dimension-wise KL,
+                estimated on the batch by minibatch stratified sampling from the training set's
+                size N (`use_train_size`); α = γ = 1 weigh mi and dwkl as the ELBO does, so β weighs
+                the TC alone. A KL schedule's f(t) scales all three weights; free bits and the
+                capacity schedule, which act on the analytic KL, are refused.
+
+    Every objective logs mi, tc and dwkl at validation and test (`eval_terms`): their sum is the
+    one-sample KL log q(z|x) − log p(z) of the sample that was decoded, the expectation of `kl`.
     """
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
@@ -225,14 +255,18 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
                  pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None, beta: float = 1.0,
                  objective: str = "elbo", k: int = 1, free_bits: float = 0.0, kl_schedule: str = "constant",
                  kl_period: float = 10.0, kl_period_unit: str = "epoch", kl_cycles: int = 4, kl_ratio: float = 0.5,
-                 kl_capacity: float = 25.0):
+                 kl_capacity: float = 25.0, alpha: float = 1.0, gamma: float = 1.0):
         super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.beta = float(beta)
+        self.alpha, self.gamma = float(alpha), float(gamma)
         self.objective = objective
         self.k = int(k) if objective == "iwae" else 1
         self.free_bits = float(free_bits)
         self.schedule = KLSchedule(kl_schedule, float(kl_period), kl_period_unit, int(kl_cycles), float(kl_ratio),
                                    float(kl_capacity))
+        if objective == "tcvae" and (self.free_bits > 0 or self.schedule.kind == "capacity"):
+            raise ValueError("objective=tcvae weighs the KL's parts (mi, tc, dwkl): free bits and the capacity "
+                             "schedule act on the analytic KL, so they take free_bits=0 and another kl_schedule")
         self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_features, latent_dim)
         # The KL's settings as tensors, read by the loss without a Python branch: a stack (models/stack.py)
@@ -250,6 +284,13 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         at_start = self.scheduled_values(0, 1)
         self.register_buffer("kl_weight", torch.tensor(at_start["beta"]), persistent=False)
         self.register_buffer("kl_target", torch.tensor(at_start.get("capacity", 0.0)), persistent=False)
+        # objective=tcvae: (α, β, γ), and f(t)·(α, β, γ) while training (filled by `advance`).
+        parts = torch.tensor([self.alpha, self.beta, self.gamma])
+        self.register_buffer("kl_part_weights_end", parts, persistent=False)
+        self.register_buffer("kl_part_weights", parts * self.schedule.weight(0, 1), persistent=False)
+        # N, the training set's size, for the decomposition's estimator (0: unknown, the batch counts as the
+        # data set). Set from the data by the training module and kept in its checkpoints (`use_train_size`).
+        self.register_buffer("train_size", torch.tensor(0.0), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
@@ -291,6 +332,10 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
             values = self.scheduled_values(step, steps_per_epoch)
             self.kl_weight.fill_(values["beta"])
             self.kl_target.fill_(values.get("capacity", 0.0))
+            self.kl_part_weights.copy_(self.kl_part_weights_end * self.schedule.weight(step, steps_per_epoch))
+
+    def use_train_size(self, n: int) -> None:
+        self.train_size.fill_(float(n))
 
     def _kl_weight_and_target(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """β·f(t) and C(t) while training; the values the schedule ends at otherwise; as `like`'s dtype and device."""
@@ -306,12 +351,31 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         weight, target = self._kl_weight_and_target(kl)
         return weight * torch.where(self.kl_is_capacity.to(kl.device), (kl - target).abs(), kl)
 
+    def tc_penalty(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """objective=tcvae: the KL part of `loss`, f(t)·(α·mi + β·tc + γ·dwkl) (the schedule's end values
+        outside training)."""
+        weights = (self.kl_part_weights if self.training else self.kl_part_weights_end).to(parts["tc"])
+        return weights[0] * parts["mi"] + weights[1] * parts["tc"] + weights[2] * parts["dwkl"]
+
+    @property
+    def _decomposes(self) -> bool:
+        """Whether `losses` estimates mi, tc and dwkl: always for tcvae, which trains on them; else at evaluation."""
+        return self.objective == "tcvae" or not self.training
+
+    def _stage_losses(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {term: terms[term] for term in self.stage_terms("train" if self.training else "val")}
+
     def losses(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         if self.objective == "iwae":
             return self.iwae_losses(x, self.k, eps)
-        out = self(x, eps)
-        return self.combine({"recon": self.likelihood.error(out.logits, x).mean(),
-                             "kl_per_dim": gaussian_kl_per_dim(out.mu, out.logvar).mean(dim=0)})
+        mu, logvar = self.encode(x)
+        eps = torch.randn_like(mu) if eps is None else eps  # the draw that reparameterize would make
+        z = self.reparameterize(mu, logvar, eps)
+        parts = {"recon": self.likelihood.error(self.decode(z), x).mean(),
+                 "kl_per_dim": gaussian_kl_per_dim(mu, logvar).mean(dim=0)}
+        if self._decomposes:
+            parts.update(kl_decomposition(z, eps, mu, logvar, self.train_size))
+        return self._stage_losses(self.combine(parts))
 
     def iwae_losses(self, x: torch.Tensor, k: int, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The terms with `loss` the k-sample importance-weighted bound (see the class docstring)."""
@@ -326,21 +390,34 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         bound = torch.logsumexp(log_w, dim=0) - math.log(k)
         kl = gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
         first = recon[0].mean()
-        return {"recon": first, "kl": kl, "loss": -bound.mean(), "nelbo": first + kl}
+        terms = {"recon": first, "kl": kl, "loss": -bound.mean(), "nelbo": first + kl}
+        if self._decomposes:  # of the first sample, as recon and kl
+            terms.update(kl_decomposition(z[0], eps[0], mu, logvar, self.train_size))
+        return self._stage_losses(terms)
 
     @property
     def loss_from_means(self) -> bool:
-        """Whether `combine` gets `loss` from the mean recon and KL alone (not for the IWAE bound)."""
+        """Whether `combine` gets `loss` from the mean recon and KL alone (not for the IWAE bound, nor
+        for tcvae, whose parts are estimated per batch)."""
         return self.objective == "elbo"
 
     def combine(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """From recon and either kl or kl_per_dim (the batch means of each dimension's KL);
-        free bits need kl_per_dim. The IWAE bound cannot be built from means: see iwae_losses."""
+        free bits need kl_per_dim. The IWAE bound cannot be built from means: see iwae_losses.
+        Given mi, tc and dwkl (a batch's: models/decomposition.py), they follow, and tcvae's loss
+        weighs them; without them tcvae's `loss` here is the ELBO's (eval.py takes `losses`' own)."""
         recon = parts["recon"]
         kl_per_dim = parts.get("kl_per_dim")
         kl = kl_per_dim.sum() if kl_per_dim is not None else parts["kl"]
-        penalty = self.kl_penalty(kl_per_dim if kl_per_dim is not None else kl.reshape(1))
-        return {"recon": recon, "kl": kl, "loss": recon + penalty, "nelbo": recon + kl}
+        decomposed = all(term in parts for term in self.eval_terms)
+        if self.objective == "tcvae" and decomposed:
+            penalty = self.tc_penalty(parts)
+        else:
+            penalty = self.kl_penalty(kl_per_dim if kl_per_dim is not None else kl.reshape(1))
+        terms = {"recon": recon, "kl": kl, "loss": recon + penalty, "nelbo": recon + kl}
+        if decomposed:
+            terms.update({term: parts[term] for term in self.eval_terms})
+        return terms
 
     def code_distribution(self, codes: Codes) -> CodeDistribution:
         d = codes.mu.shape[1]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+def _mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers += [nn.Linear(n_in, n_out), activation()]
     return nn.Sequential(*layers)
 
 
@@ -28,13 +28,15 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """(B, latent_dim) codes → (B, C, H, W) pixel logits; hidden layers mirror the encoder's."""
+    """(B, latent_dim) codes → (B, C, H, W) pixel logits; hidden layers mirror the encoder's, each
+    followed by `activation` (ReLU; the β-VAE MLP of models/nets64.py takes tanh)."""
 
-    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int):
+    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int,
+                 activation: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.image_shape = tuple(image_shape)
         sizes = [latent_dim, *reversed(hidden_dims)]
-        self.net = nn.Sequential(_mlp(sizes), nn.Linear(sizes[-1], math.prod(image_shape)))
+        self.net = nn.Sequential(_mlp(sizes, activation), nn.Linear(sizes[-1], math.prod(image_shape)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(-1, *self.image_shape)

@@ -138,6 +138,7 @@ class Stack(nn.Module):
         self.n = len(members)
         self.members = list(members)  # not submodules: their weights are not the stack's
         self.terms = type(members[0]).terms
+        self.stage_terms = type(members[0]).stage_terms
         self.generators = list(generators) if generators is not None else None
         params, buffers = torch.func.stack_module_state(list(members))
         self.model = copy.deepcopy(members[0])
@@ -254,8 +255,18 @@ class Stack(nn.Module):
         """Each member's `advance`, then its buffers into the stack's (in place: a CUDA graph reads them)."""
         for m in self.members:
             m.advance(step, steps_per_epoch)
+        self._copy_member_buffers()
+
+    @torch.no_grad()
+    def use_train_size(self, n: int) -> None:
+        """Each member's `use_train_size`, then its buffers into the stack's."""
+        for m in self.members:
+            m.use_train_size(n)
+        self._copy_member_buffers()
+
+    def _copy_member_buffers(self) -> None:
         for name, value in self.model.named_buffers():
-            value.copy_(torch.stack([m.get_buffer(name) for m in self.members]))
+            value.copy_(torch.stack([m.get_buffer(name).to(value.device) for m in self.members]))
 
     # -- training together --------------------------------------------------------------------------
     def objective(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

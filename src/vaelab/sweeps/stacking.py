@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.settings import flatten, is_setting
 
 # Per-member settings: the keys in which the members of one stack may differ.
-MEMBER_KEYS = ("seed", "model.beta", "model.free_bits", "model.kl_schedule", "model.kl_period",
+MEMBER_KEYS = ("seed", "model.beta", "model.alpha", "model.gamma", "model.free_bits", "model.kl_schedule", "model.kl_period",
                "model.kl_period_unit", "model.kl_cycles", "model.kl_ratio", "model.kl_capacity", "model.lr")
 # The data module that gives a stack's training batches one per member (ImageDataModule.for_members).
 STACKED_DATA = "vaelab.data.ImageDataModule"

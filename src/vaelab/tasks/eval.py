@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -24,10 +25,11 @@ from omegaconf import DictConfig, open_dict
 from vaelab.checkpoints import read_checkpoint
 from vaelab.config import refuse, task_overrides, training_data_config
 from vaelab.errors import CheckpointError
+from vaelab.evaluation import disentanglement
 from vaelab.evaluation.classifier import cache_path, cached_classifier, pixel_levels
 from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
 from vaelab.evaluation.nll import bits_per_dim, importance_sampled_sums, model_log_likelihood, nll_meaning
-from vaelab.evaluation.panels import make_panels, save_panels
+from vaelab.evaluation.panels import Panel, make_panels, mutual_information_panel, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
 from vaelab.files import write_json
@@ -49,6 +51,7 @@ STAGES = {
     "continuity": "continuity/*",
     "classifier": "loading (or training once) the reference classifier and its test accuracy (labelled data only)",
     "completeness": "completeness/* (labelled data only)",
+    "disentanglement": "disentanglement/*: MIG, SAP, DCI, FactorVAE, beta-VAE, modularity (data with known factors only)",
     "panels": "the panels, drawn and saved",
     "write": "report.md and eval.json",
 }
@@ -247,6 +250,66 @@ def completeness_keys(distribution_name: str) -> list[str]:
             *(f"completeness/{what}_{number}" for what in judged for number in ("confidence", "class_coverage"))]
 
 
+def disentanglement_sizes(cfg: DictConfig) -> disentanglement.Sizes:
+    """eval.disentanglement_sizes as Sizes (a key not given: disentanglement_lib's default)."""
+    given = cfg.eval.get("disentanglement_sizes") or {}
+    return disentanglement.Sizes(**{key: int(value) for key, value in given.items()})
+
+
+def disentanglement_metrics(model: Autoencoder, datamodule, cfg: DictConfig, device: torch.device,
+                            note: Stages.Note) -> dict[str, Any]:
+    """eval.json's disentanglement/* of the model's mean codes μ(x) against the data's known factors
+    (datamodule.ground_truth), as disentanglement_lib computes them (evaluation/disentanglement.py)."""
+    ground_truth = datamodule.ground_truth
+    sizes = disentanglement_sizes(cfg)
+    metrics = list(dict.fromkeys(cfg.eval.get("disentanglement_metrics") or disentanglement.METRICS))  # each once
+    represent = disentanglement.mean_codes(model, datamodule, device, cfg.eval.batch_size)
+    numbers, seconds, found = disentanglement.compute(ground_truth, represent, sizes, cfg.seed, metrics)
+    record: dict[str, Any] = {f"disentanglement/{key}": value for key, value in numbers.items()
+                              if isinstance(value, (int, float))}
+    record["disentanglement/factor_names"] = list(ground_truth.factor_names)
+    record["disentanglement/factor_sizes"] = [int(s) for s in ground_truth.factor_sizes]
+    if "mutual_information" in numbers:  # latent × factor, nats: the panel's matrix
+        record["disentanglement/mutual_information"] = [[float(v) for v in row] for row in numbers["mutual_information"]]
+        record["disentanglement/factor_entropy"] = [float(v) for v in numbers["entropy"]]
+    record["disentanglement/protocol"] = {**disentanglement.protocol(sizes, metrics, int(cfg.seed)),
+                                          "data": datamodule.info.get("data/location", datamodule.name)}
+    record["disentanglement/time_s"] = {name: round(value, 3) for name, value in seconds.items()}
+    if found:
+        record["disentanglement/warnings"] = found
+    note.detail = ", ".join(f"{name} {format_duration(value)}" for name, value in seconds.items())
+    return record
+
+
+# A latent "follows" a factor (the traversal panel names it beside the latent's row) when its
+# mutual information with it is at least this fraction of the factor's entropy.
+FOLLOWS_FRACTION = 0.1
+
+
+def followed_factors(record: dict[str, Any]) -> Optional[list[Optional[str]]]:
+    """For each latent, the factor it carries the most information about, relative to the factor's
+    entropy, if that is at least FOLLOWS_FRACTION of it; None without the metrics."""
+    if "disentanglement/mutual_information" not in record:
+        return None
+    share = [[m / h if h > 0 else 0.0 for m, h in zip(row, record["disentanglement/factor_entropy"])]
+             for row in record["disentanglement/mutual_information"]]
+    names = record["disentanglement/factor_names"]
+    return [names[max(range(len(row)), key=row.__getitem__)] if max(row) >= FOLLOWS_FRACTION else None for row in share]
+
+
+def mutual_information_matrix_panel(record: dict[str, Any]) -> Panel:
+    """The latent × factor mutual information (eval.json's disentanglement/mutual_information) as a panel."""
+    mi = record["disentanglement/mutual_information"]
+    entropy = ", ".join(f"{n} {h:.2f}" for n, h in zip(record["disentanglement/factor_names"],
+                                                        record["disentanglement/factor_entropy"]))
+    points = record["disentanglement/protocol"]["sizes"]["points"]
+    image = mutual_information_panel(np.array(mi), [f"z{i + 1}" for i in range(len(mi))],
+                                     record["disentanglement/factor_names"])
+    return Panel("mutual_information", image,
+                 f"mutual information (nats) between each latent's mean code, in 20 equal-width bins, and each factor, "
+                 f"from {points} images; a latent can carry at most the factor's entropy H ({entropy})")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path` (checked: vaelab.config.check_eval_config) on the test set; returns eval.json's record."""
     stages = Stages()
@@ -288,6 +351,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         not_applicable["test/bpd"] = model.not_applicable["nll"]
     if not labelled:
         not_applicable.update(dict.fromkeys(completeness_keys(model.code_distribution(codes).name), NO_LABELS))
+    # eval.disentanglement: auto (when the data has known factors), true (checked: it has), false (skipped)
+    with_factors = getattr(datamodule, "ground_truth", None) is not None
+    wanted = cfg.eval.get("disentanglement", "auto")
+    if wanted == "auto" and not with_factors:
+        not_applicable.update(dict.fromkeys(disentanglement.metric_keys(), disentanglement.NO_FACTORS))
+    elif wanted is True and not with_factors:  # check_eval_config refuses it first; this is the data's own word
+        refuse("eval.disentanglement", True, f"auto or false for data.name={datamodule.name}: {disentanglement.NO_FACTORS}")
     if not_applicable:
         record["not_applicable"] = not_applicable
 
@@ -312,9 +382,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         log.info("classifier, completeness: not applicable (%s)", NO_LABELS)
 
+    if wanted is not False and with_factors:
+        with stages("disentanglement") as note:
+            record.update(disentanglement_metrics(model, datamodule, cfg, device, note))
+    elif wanted is not False:
+        log.info("disentanglement: not applicable (%s)", disentanglement.NO_FACTORS)
+
     with stages("panels") as note:
         panels = make_panels(model, x[: cfg.eval.n_codes], labels[: cfg.eval.n_codes], seed=cfg.seed,
-                             classes=datamodule.images.classes)
+                             classes=datamodule.images.classes, row_factors=followed_factors(record))
+        if "disentanglement/mutual_information" in record:
+            panels.append(mutual_information_matrix_panel(record))
         record["panels"] = {p.name: str(path.relative_to(out_dir)) for p, path in zip(panels, save_panels(panels, out_dir / "images"))}
         record["panel_captions"] = {p.name: p.caption for p in panels}
         note.detail = f"{len(panels)} panels in {out_dir / 'images'}"

@@ -2,8 +2,9 @@
 for one model or for a stack of N (models/stack.py), each member of which is a run of its own.
 
 Metric names are a public contract (see docs/evaluation.md, Metrics): `{stage}/{term}` for each of the model type's
-terms (a VAE: recon, kl, loss = recon + β·kl, nelbo = recon + kl; an AE: recon, loss) are epoch
-means over all devices; training values at the logging interval carry the suffix `_step`.
+terms (a VAE: recon, kl, loss = recon + β·kl, nelbo = recon + kl; an AE: recon, loss; at val and
+test also its `eval_terms`, a VAE's mi, tc, dwkl) are epoch means over all devices; training
+values at the logging interval carry the suffix `_step`.
 
 A stack (`LitAutoencoder.stack`) runs this same code for its N members: every value below is kept
 per member (a single run is N = 1), member n logs under `member_key(name, n)` and its callbacks,
@@ -70,7 +71,9 @@ class LitAutoencoder(pl.LightningModule):
         self.save_hyperparameters(logger=False)  # the train task logs the whole resolved config instead
         self.model: Autoencoder | Stack = build_model(name, image_shape, pixel_range, **settings)
         self.optimizer_settings = dict(optimizer or {})
-        self.terms = self.model.terms
+        # Every term that some stage logs (metrics.json's "terms"); each stage's own: `_terms(stage)`.
+        self.terms = tuple(dict.fromkeys((*self.model.stage_terms("train"), *self.model.stage_terms("test"))))
+        self._train_size: Optional[int] = None  # the training set's size, handed to the model (`setup`)
         # One image as the data module delivers it (uint8 pixels, a label): the model summary runs the
         # model on it to count its FLOPs (training/callbacks/summary.py keeps that off the run's random draws).
         self.example_input_array = (torch.zeros(1, *image_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
@@ -145,14 +148,18 @@ class LitAutoencoder(pl.LightningModule):
         return self.model(x)
 
     # -- per-member sums and checks -----------------------------------------------------------------
+    def _terms(self, stage: str) -> tuple[str, ...]:
+        """The terms the model's losses give, and this module logs, at `stage`."""
+        return self.model.stage_terms(stage)
+
     def _sum_buffer(self, stage: str) -> torch.Tensor:
         if stage not in self._sums:
-            self._sums[stage] = torch.zeros(len(self.terms), self.n, device=self.device)
+            self._sums[stage] = torch.zeros(len(self._terms(stage)), self.n, device=self.device)
         return self._sums[stage]
 
     def _per_member(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """(terms, N) the losses' values, detached."""
-        return torch.stack(list(losses.values())).detach().view(len(self.terms), self.n)
+        return torch.stack(list(losses.values())).detach().view(len(losses), self.n)
 
     def _accumulate(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         # In place into one buffer per stage, so that a captured CUDA graph can do it too.
@@ -184,8 +191,9 @@ class LitAutoencoder(pl.LightningModule):
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         if totals[-1] == 0:
             return []
-        means = (totals[:-1] / totals[-1]).view(len(self.terms), self.n)
-        return [dict(zip(self.terms, means[:, n])) for n in range(self.n)]
+        terms = self._terms(stage)
+        means = (totals[:-1] / totals[-1]).view(len(terms), self.n)
+        return [dict(zip(terms, means[:, n])) for n in range(self.n)]
 
     def _log_means(self, stage: str, n: int, means: dict[str, torch.Tensor]) -> None:
         for term, mean in means.items():
@@ -245,7 +253,8 @@ class LitAutoencoder(pl.LightningModule):
         if self.trainer.world_size > 1:
             values = self.all_gather(values).mean(dim=0)
         values = values.cpu()
-        loss_index = self.terms.index("loss")
+        terms = self._terms("train")
+        loss_index = terms.index("loss")
         step = self.global_step - 1  # the step these values come from: global_step already counts it
         scheduled = self.model.scheduled_values(step, self.trainer.num_training_batches)
         if self.n == 1:
@@ -257,7 +266,7 @@ class LitAutoencoder(pl.LightningModule):
             if not self._check(n, float(own[loss_index]), f"the training loss became {own[loss_index].item()} {when} "
                                f"(epoch {self.current_epoch})", when, finite=bool(torch.isfinite(own).all())):
                 continue
-            current = {f"train/{term}_step": float(v) for term, v in zip(self.terms, own)}
+            current = {f"train/{term}_step": float(v) for term, v in zip(terms, own)}
             # The settings this step was taken with.
             current.update({f"train/{name}": value for name, value in scheduled[n].items()})
             current["train/lr"] = self._rate_of_step(n, step)
@@ -281,6 +290,7 @@ class LitAutoencoder(pl.LightningModule):
             return
         checkpoint["rng_states"] = rng_states()
         checkpoint["first_loss"] = self._first_loss[0] if self._first_loss is not None else None
+        checkpoint["train_size"] = self._train_size
         # The W&B run (id, transaction logs) that a resume from this checkpoint logs into.
         wandb_run = wandb_checkpoint_state(self.loggers)
         if wandb_run is not None:
@@ -309,6 +319,7 @@ class LitAutoencoder(pl.LightningModule):
             rng["torch"] = generator.get_state()
         checkpoint["rng_states"] = rng
         checkpoint["first_loss"] = self._first_loss[n] if self._first_loss is not None else None
+        checkpoint["train_size"] = self._train_size
         checkpoint["stacked"] = {"members": self.n, "index": n}
         own_loggers = [lg.logger for lg in self.loggers if isinstance(lg, MemberLogger) and lg.index == n]
         wandb_run = wandb_checkpoint_state(own_loggers)
@@ -322,6 +333,8 @@ class LitAutoencoder(pl.LightningModule):
         self._rng_to_restore = checkpoint.get("rng_states")
         first = checkpoint.get("first_loss")
         self._first_loss = [first] if first is not None else self._first_loss
+        if checkpoint.get("train_size"):  # absent from checkpoints older than the KL decomposition
+            self.use_train_size(int(checkpoint["train_size"]))
 
     def load_member_weights(self, n: int, state_dict: dict[str, torch.Tensor]) -> None:
         """Member n's weights from its single-run checkpoint's state_dict (`model.` names)."""
@@ -330,6 +343,22 @@ class LitAutoencoder(pl.LightningModule):
             self.model.load_state_dict(weights)
         else:
             self.model.load_member_state_dict(n, weights)
+
+    # -- the training set's size ------------------------------------------------------------------------
+    def use_train_size(self, n: int) -> None:
+        """Hand the model the number of training images N: the data set whose aggregate posterior q(z)
+        the VAE's KL decomposition estimates (models/decomposition.py), at every stage. Kept in the
+        checkpoints, so that eval.py and vaelab.load estimate with the N the run trained on; a
+        checkpoint without it leaves N unknown (each batch then stands for the data set)."""
+        self._train_size = int(n)
+        self.model.use_train_size(self._train_size)
+
+    def setup(self, stage: str) -> None:
+        # Fit: the data module's training split. Test or validate: N as the fit or the checkpoint left it, else the data's.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        size = (getattr(datamodule, "info", None) or {}).get("data/train_size")
+        if size and (stage == "fit" or self._train_size is None):
+            self.use_train_size(size)
 
     # -- the fit ----------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -402,7 +431,7 @@ class LitAutoencoder(pl.LightningModule):
         elif self._scheduler_per_step:
             self.lr_schedulers().step()
         if self._first_loss is None:  # one host sync per fit
-            self._first_loss = self._per_member(losses)[self.terms.index("loss")].tolist()
+            self._first_loss = self._per_member(losses)[self._terms("train").index("loss")].tolist()
         # Counted on the host: a replayed graph does not run Python.
         self._counts["train"] += x.shape[-4]
         if self._step_values_due():
@@ -446,7 +475,7 @@ class LitAutoencoder(pl.LightningModule):
         count = self._counts.get("train", 0)
         if self.trainer.sanity_checking or not count:
             return
-        losses = self._sum_buffer("train")[self.terms.index("loss")].tolist()
+        losses = self._sum_buffer("train")[self._terms("train").index("loss")].tolist()
         for n in self._live():
             loss = losses[n] / count
             self._check(n, loss, f"the training loss became {loss} in epoch {self.current_epoch}", "as the mean so far")
