@@ -389,3 +389,18 @@ def test_the_reports_protocol_sizes_are_the_modules_defaults():
     from vaelab.evaluation.report import PROTOCOL_SIZES
 
     assert PROTOCOL_SIZES == asdict(dis.Sizes())
+
+
+def test_the_traversal_names_a_factor_only_for_an_active_latent_that_carries_enough_of_it():
+    from vaelab.tasks.eval import FOLLOWS_FRACTION, followed_factors
+
+    entropy = [math.log(3), math.log(32)]
+    record = {"disentanglement/factor_names": ["shape", "posX"], "disentanglement/factor_entropy": entropy,
+              "disentanglement/mutual_information": [
+                  [0.9 * entropy[0], 0.2 * entropy[1]],  # shape, the larger share of its factor's entropy
+                  [0.0, 0.5 * entropy[1]],  # posX
+                  [0.0, 0.99 * FOLLOWS_FRACTION * entropy[1]],  # just below the fraction: none
+                  [0.0, 0.5 * entropy[1]],  # as much as the second, but an inactive latent: bias, none
+              ]}
+    assert followed_factors(record, [True, True, True, False]) == ["shape", "posX", None, None]
+    assert followed_factors({}, [True]) is None
