@@ -283,3 +283,14 @@ def test_lightning_still_counts_the_batches_a_mid_epoch_checkpoint_resumes_after
         f"pytorch-lightning {pl.__version__} has no Trainer.{'.'.join(missing_loop_attributes(trainer))} on the way to "
         f"fit_loop.epoch_loop.batch_progress.current.completed; update src/vaelab/lightning_compat.py")
     assert trained_batches(trainer) == 0
+
+
+def test_a_cache_file_goes_only_where_it_may_be_written(tmp_path):
+    from vaelab.data.cache import writable_cache_file
+
+    assert writable_cache_file(tmp_path, "x.pt") == tmp_path / "x.pt"
+    assert writable_cache_file(tmp_path / "missing", "x.pt") is None  # the cache does not create data.data_dir
+    assert writable_cache_file(tmp_path / "made" / "here", "x.pt", create=True) == tmp_path / "made" / "here" / "x.pt"
+    (tmp_path / "a_file").write_text("")
+    assert writable_cache_file(tmp_path / "a_file", "x.pt") is None
+    assert writable_cache_file(tmp_path / "a_file" / "below", "x.pt", create=True) is None  # mkdir fails: no cache

@@ -14,6 +14,7 @@ raw files as before.
 """
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -62,6 +63,19 @@ def _write_cache(path: Path, key: tuple, tensors: Tensors) -> None:
             torch.save({"format": _FORMAT, "key": [list(k) for k in key], **tensors}, f)
     except (OSError, DiskFullError) as err:  # a read-only or full data folder: the next run decodes again
         log.info("image cache not written (%s); the next run decodes the data files again", err)
+
+
+def writable_cache_file(folder: Path, name: str, create: bool = False) -> Optional[Path]:
+    """`folder / name` where this process may write it, else None (a read-only data folder: the
+    images are decoded again each run). `create`: make `folder` (and its parents) if missing;
+    otherwise a missing folder holds no cache (the cache does not create data.data_dir)."""
+    folder = Path(folder)
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+    return folder / name if folder.is_dir() and os.access(folder, os.W_OK) else None
 
 
 def cached(key: tuple, cache_path: Optional[Path], decode: Callable[[], Tensors]) -> Tensors:

