@@ -1,7 +1,6 @@
 """Fixtures: small synthetic MNIST-style IDX files, and running the real entry point."""
 
 import json
-import logging
 import os
 import runpy
 import subprocess
@@ -195,29 +194,18 @@ def run_dirs(log_dir: Path) -> list[Path]:
 def run_entry_point_in_process(*args: str, script: str = "train.py") -> int:
     """`python <script> ...` inside this process (runpy, as `python` runs it, without starting an
     interpreter): returns the exit code; what it logs goes to the captured output and the run dir."""
-    from hydra.core.global_hydra import GlobalHydra
+    from vaelab.api import process_as_before
 
-    argv, environ = sys.argv, dict(os.environ)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sys.argv = [str(REPO / script), *args]
-    GlobalHydra.instance().clear()
-    try:
-        runpy.run_path(str(REPO / script), run_name="__main__")
-        return 0
-    except SystemExit as exit:
-        return exit.code if isinstance(exit.code, int) else 1
-    finally:
-        sys.argv = argv
-        os.environ.clear()  # what the run set for its own processes (a sweep's swept keys) ends with it
-        os.environ.update(environ)
-        # Hydra's handlers (the run's train.log, a console on a capture that has closed) end with it too.
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(level)
-        GlobalHydra.instance().clear()
+    # What the run changes in this process (os.environ: a sweep's swept keys; Hydra's log handlers:
+    # the run's train.log, a console on a capture that has closed; Hydra's global state) ends with it,
+    # as after vaelab.train: the same restoring.
+    with process_as_before():
+        sys.argv = [str(REPO / script), *args]
+        try:
+            runpy.run_path(str(REPO / script), run_name="__main__")
+            return 0
+        except SystemExit as exit:
+            return exit.code if isinstance(exit.code, int) else 1
 
 
 # Trained runs that several test files read, each built once per session (last: they use the above).

@@ -334,7 +334,7 @@ def _refuse_several_processes(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def _process_as_before() -> Iterator[None]:
+def process_as_before() -> Iterator[None]:
     """What a run in this process changes, restored after it: sys.argv, os.environ (Hydra's and
     W&B's variables, VAELAB_ROOT), the root logger's handlers and level (Hydra adds the console
     and the run's log file), the known-noise filters and warning filters, Hydra's global state."""
@@ -426,7 +426,7 @@ def _train_in_this_process(overrides: list[str], log_dir: Optional[Union[str, os
     task.__module__ = "train"  # Hydra names the job after it, as after train.py: train.log
     explicit_run_dir = next((a.partition("=")[2].strip("\"'") for a in argv
                              if a.partition("=")[0].lstrip("+") == "hydra.run.dir"), None)
-    with _process_as_before():
+    with process_as_before():
         os.environ.setdefault("VAELAB_ROOT", str(root))  # paths.root_dir, as train.py sets it
         try:
             composed = _compose("train", argv, hydra_config=True)  # Hydra's refusals, and the sweep check
