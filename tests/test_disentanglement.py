@@ -339,8 +339,12 @@ def test_eval_measures_disentanglement_on_dsprites_and_reports_the_protocol(tmp_
     from vaelab.training import LitAutoencoder
 
     module = LitAutoencoder(name="vae", image_shape=(1, 64, 64), latent_dim=3, hidden_dims=[16])
-    checkpoint = tmp_path / "untrained.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, checkpoint)
+    run_dir = tmp_path / "run"  # as train.py leaves a run (with a W&B run) that eval links its numbers to
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "model": "vae", "beta": 1.0}))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "wandb_run": {"id": "dsprites0run", "logs": []}}, checkpoint)
     data = dict(name="dsprites", data_dir=str(tmp_path / "data"), size=600, val_size=100, test_size=100)
     images = ImageDataModule(**data)
     images.load()  # drawn once and cached in data_dir, where eval reads them
@@ -381,6 +385,18 @@ def test_eval_measures_disentanglement_on_dsprites_and_reports_the_protocol(tmp_
     assert "**not** its sizes" in section and "no latent to vote with" in section  # untrained: μ(x) hardly varies
     assert (record_file.parent / record["panels"]["mutual_information"]).is_file()
     assert "![mutual_information](images/mutual_information.png)" in report
+    # Linked to the training run (vaelab.rundir), where compare and the sweep summary read it, and in its W&B run.
+    from vaelab.reports.wandb_offline import summarize, wait_until_finished
+    from vaelab.rundir import latest_evaluation
+
+    evaluation = latest_evaluation(run_dir)
+    assert evaluation["scores"] == {key: record[key] for key in dis.metric_keys(measured)}
+    assert evaluation["evaluation"] == str(record_file.parent.resolve()) and evaluation["protocol"] == protocol
+    assert evaluation["protocol_text"].startswith("disentanglement_lib metrics, sizes points 300, train 200, test 100, batch 8")
+    (wandb_file,) = record_file.parent.glob("wandb/offline-run-*/run-dsprites0run.wandb")
+    assert wait_until_finished(wandb_file)
+    summary = summarize(wandb_file)["summary"]
+    assert {key: summary[key] for key in dis.metric_keys(measured)} == evaluation["scores"]
 
 
 def test_the_reports_protocol_sizes_are_the_modules_defaults():

@@ -332,7 +332,8 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(beta_
     sections = {s["name"]: s["panels"] for s in spec["sections"]}
     assert list(sections) == ["Loss components", "Rate–distortion", "Hyperparameters", "Panels", "Runs"]
     lines = {p["title"]: p["y"] for p in sections["Loss components"]}
-    assert lines == {t: [f"train/{t}", f"val/{t}"] for t in ("recon", "kl", "nelbo", "loss")}
+    assert lines == {**{t: [f"train/{t}", f"val/{t}"] for t in ("recon", "kl", "nelbo", "loss")},
+                     **{t: [f"val/{t}"] for t in ("mi", "tc", "dwkl")}}  # the KL's parts: validation only
     [scatter] = sections["Rate–distortion"]
     assert (scatter["x"], scatter["y"], scatter["color"]) == ("val/recon", "val/kl", "model.beta")
     [parallel] = sections["Hyperparameters"]
@@ -347,7 +348,7 @@ def test_dashboard_of_a_real_offline_sweep_draws_only_what_the_runs_logged(beta_
     # The W&B view is what W&B stores: it parses as W&B's own model, with the group filter and the panels.
     view = internal.View.model_validate(spec["wandb_view"])
     assert view.spec.section.run_sets[0].filters["filters"][0]["value"] == group
-    assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 4 + 1 + 1 + 1 + 1
+    assert sum(len(s.panels) for s in view.spec.section.panel_bank_config.sections) == 7 + 1 + 1 + 1 + 1
     assert "wandb sync" in printed and f"WANDB_MODE=online python -m vaelab.reports.dashboard {grid}" in printed
     # Runs given one by one: the view shows those runs, by their W&B ids, not their whole group.
     two = [read_run(job) for job in jobs[:2]]

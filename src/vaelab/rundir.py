@@ -1,9 +1,11 @@
-"""Run directories: the record a run leaves (metrics.json), which process owns it, and never
-writing over an earlier run."""
+"""Run directories: the record a run leaves (metrics.json), which process owns it, never
+writing over an earlier run, and the evaluations of a run (EVALS_DIR)."""
 
 import fcntl
+import hashlib
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -13,6 +15,7 @@ from vaelab.files import write_json
 METRICS_FILE = "metrics.json"  # what train.py leaves in a run directory
 EVAL_FILE = "eval.json"  # what eval.py leaves in an evaluation directory
 LOCK_FILE = ".vaelab.lock"  # held by the one process that writes a run directory
+EVALS_DIR = "evals"  # in a training run directory: one small JSON per evaluation of it (record_evaluation)
 
 _held_locks: dict[Path, IO] = {}  # open for the life of the process: the OS releases them when it ends
 
@@ -137,3 +140,55 @@ def release_run_dir(run_dir: Path) -> None:
     if handle is not None:
         Path(handle.name).unlink(missing_ok=True)
         handle.close()
+
+
+# -- the link between a training run and its evaluations ---------------------------------------------------
+# eval.py writes its results into a directory of its own (outputs/evals/...), while the sweep summary and
+# compare read training run directories. The link is kept in one place, the training run: eval.py leaves
+# <run dir>/evals/<checkpoint>-<protocol digest>.json, the evaluation's scalar disentanglement numbers,
+# its protocol and where its eval.json is. One file per (checkpoint, protocol): evaluations that run at
+# once (eval.py -m) never write the same file, and an evaluation of the same checkpoint with the same
+# protocol replaces the earlier one. Readers take a run's newest evaluation (`latest_evaluation`).
+
+def training_run_dir(ckpt_path: Path) -> Optional[Path]:
+    """The training run directory that holds the checkpoint (`<run dir>/checkpoints/<name>.ckpt`, with
+    the run's .hydra/config.yaml or metrics.json beside), or None for a checkpoint kept elsewhere."""
+    folder = Path(ckpt_path).resolve().parent
+    run_dir = folder.parent
+    if folder.name != "checkpoints":
+        return None
+    return run_dir if (run_dir / METRICS_FILE).is_file() or (run_dir / ".hydra" / "config.yaml").is_file() else None
+
+
+def _evaluation_file(run_dir: Path, checkpoint: str, protocol: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(run_dir) / EVALS_DIR / f"{Path(checkpoint).stem}-{digest}.json"
+
+
+def record_evaluation(run_dir: Path, entry: dict[str, Any]) -> Path:
+    """Record an evaluation in the training run `run_dir`: `entry` holds `checkpoint`, `evaluation`
+    (its directory), `protocol` (a dict), `protocol_text`, `scores` ({key: number}) and `keys` (the
+    scores' order). Written atomically, with the time (UTC) it was written; the run's own files are
+    left as they are."""
+    entry = {**entry, "written": datetime.now(timezone.utc).isoformat()}
+    return write_json(_evaluation_file(run_dir, entry["checkpoint"], entry["protocol"]), entry)
+
+
+def evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluations recorded in `run_dir` (record_evaluation), newest first; each entry's `scores`
+    in the order of its `keys`. Unreadable files (a foreign or damaged one) are skipped."""
+    entries = []
+    for path in (Path(run_dir) / EVALS_DIR).glob("*.json"):
+        try:
+            entry = json.loads(path.read_text())
+            scores = entry["scores"]
+            entry["scores"] = {key: scores[key] for key in entry.get("keys", sorted(scores)) if key in scores}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        entries.append(entry)
+    return sorted(entries, key=lambda entry: str(entry.get("written", "")), reverse=True)
+
+
+def latest_evaluation(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's newest evaluation with scores (`evaluations`), or None: its numbers are the run's."""
+    return next((entry for entry in evaluations(run_dir) if entry["scores"]), None)

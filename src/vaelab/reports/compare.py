@@ -14,6 +14,12 @@ compare.md gets a table "Across seeds" with one row per group (mean ± sample st
 metric over its completed runs) below the per-run table, the curves show a group's mean with a
 ±1 std band, and the rate–distortion chart one point per group at its mean with ±1 std error
 bars on both axes. A run without replicas is a group of one and keeps its single point.
+Disentanglement (data with known factors): a run evaluated by eval.py has its newest evaluation's
+`disentanglement/*` numbers (vaelab.rundir.latest_evaluation). When some run has them, compare.md adds
+them to its tables, draws each against β (model.beta of the run's saved config; one line per group
+of other settings, e.g. model.objective=elbo and tcvae, at the mean of the seeds with a ±1 std band)
+and colours the rate–distortion chart by MIG, the protocol named beside every chart; without them
+compare.md is as above.
 From PROGRESS_FROM_RUNS runs on, each stage (reading, each chart, writing) prints one line
 with its time on stderr; fewer runs print only the result.
 """
@@ -24,6 +30,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +38,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from vaelab.files import write_text
 from vaelab.reports.tables import markdown_table
-from vaelab.rundir import METRICS_FILE, logged_terms  # light modules: compare loads no torch
+from vaelab.rundir import METRICS_FILE, latest_evaluation, logged_terms  # light modules: compare loads no torch
 from vaelab.reports.summary import SEED_KEY, MeanStd, mean_std, run_config, settings, settings_key
 
 Progress = Optional[Callable[[str], None]]  # called with one line per stage; None: quiet
@@ -56,6 +66,8 @@ class Run:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     # the saved config (.hydra/config.yaml) flattened to dotted keys; None when the run has none
     config: Optional[dict[str, Any]] = None
+    # the newest evaluation recorded in the run (vaelab.rundir.latest_evaluation); its scores are in `metrics`
+    evaluation: Optional[dict[str, Any]] = None
 
     @property
     def completed(self) -> bool:
@@ -91,6 +103,7 @@ class Point:
     label: str
     kl: MeanStd
     recon: MeanStd
+    mig: MeanStd = MeanStd(None, None, 0)  # the group's MIG, when its runs were evaluated
 
 
 def _natural(path: Path) -> list:
@@ -149,8 +162,10 @@ def load_runs(dirs: list[Path]) -> list[Run]:
     runs = []
     for d in dirs:
         metrics = json.loads((d / METRICS_FILE).read_text())
-        runs.append(Run(d, metrics, run_label(metrics), read_curves(d / "csv" / "metrics.csv", metrics.get("terms", [])),
-                        run_config(d)))
+        evaluation = latest_evaluation(d)
+        scores = evaluation["scores"] if evaluation is not None else {}
+        runs.append(Run(d, {**metrics, **scores}, run_label(metrics),
+                        read_curves(d / "csv" / "metrics.csv", metrics.get("terms", [])), run_config(d), evaluation))
     labels = [r.label for r in runs]
     for run in runs:  # runs that differ in something else keep their directory name
         if labels.count(run.label) > 1:
@@ -275,23 +290,29 @@ def rate_distortion_points(groups: list[Group] | list[Run]) -> list[Point]:
         if members:
             label = group.label if len(group.runs) == 1 else f"{group.label} (n={len(members)})"
             points.append(Point(label, mean_std(_final(r.metrics, "kl") for r in members),
-                                mean_std(_final(r.metrics, "recon") for r in members)))
+                                mean_std(_final(r.metrics, "recon") for r in members),
+                                mean_std(r.metrics.get(MIG) for r in members)))
     return points
 
 
-def rate_distortion_chart(groups: list[Group] | list[Run], path: Path) -> list[Point]:
+def rate_distortion_chart(groups: list[Group] | list[Run], path: Path, mig_protocol: Optional[str] = None) -> list[Point]:
     """kl (rate) against recon (distortion): one labelled point per group, at its mean, with
-    ±1 std error bars on both axes when it holds several runs; returns the points drawn."""
+    ±1 std error bars on both axes when it holds several runs; returns the points drawn.
+
+    When some point has a MIG, every point is coloured by its (mean) MIG, with a colour bar labelled
+    `mig_protocol`, and points without one are grey: where on the trade-off the factors separate."""
     points = rate_distortion_points(groups)
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(7, 4.5) if _coloured_by_mig(points) else (6, 4.5))
     ax = fig.add_subplot()
+    colour = _mig_colours(fig, ax, points, mig_protocol) if _coloured_by_mig(points) else None
     for i, point in enumerate(points):
         x, y = point.kl.mean, point.recon.mean
+        shade = colour(point) if colour is not None else f"C{i % 10}"
         if point.kl.std is None and point.recon.std is None:
-            ax.scatter([x], [y], color=f"C{i % 10}")
+            ax.scatter([x], [y], color=shade, edgecolors="black" if colour is not None else None)
         else:
             ax.errorbar([x], [y], xerr=[point.kl.std or 0.0], yerr=[point.recon.std or 0.0], fmt="o",
-                        color=f"C{i % 10}", capsize=3, elinewidth=1)
+                        color=shade, capsize=3, elinewidth=1, markeredgecolor="black" if colour is not None else None)
         ax.annotate(point.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("rate: kl (nats per image)")
     ax.set_ylabel("distortion: recon (per image)")
@@ -300,6 +321,141 @@ def rate_distortion_chart(groups: list[Group] | list[Run], path: Path) -> list[P
                  + ("\nmean of the seeds, bars: ±1 std" if seeds else ""), fontsize=9)
     _save(fig, path)
     return points
+
+
+def _coloured_by_mig(points: list[Point]) -> bool:
+    return any(p.mig.mean is not None for p in points)
+
+
+def _mig_colours(fig: Figure, ax, points: list[Point], protocol: Optional[str]) -> Callable[[Point], Any]:
+    """A colour bar of MIG beside `ax` (its label: the protocol) and the colour of each point: grey without a MIG."""
+    values = [p.mig.mean for p in points if p.mig.mean is not None]
+    norm, cmap = Normalize(min(values), max(values)), colormaps["viridis"]
+    label = "MIG" + (f" ({protocol})" if protocol else "")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+    bar.set_label("\n".join(textwrap.wrap(label, 60)), fontsize=7)
+    return lambda point: "lightgrey" if point.mig.mean is None else cmap(norm(point.mig.mean))
+
+
+# -- disentanglement against β ---------------------------------------------------------------------------
+
+MIG = "disentanglement/mig"
+BETA_KEY = "model.beta"
+
+
+def disentanglement_keys(runs: list[Run]) -> list[str]:
+    """The disentanglement numbers any run has, in the order of its evaluation (MIG, SAP, DCI, ...)."""
+    return list(dict.fromkeys(key for run in runs if run.evaluation for key in run.evaluation["scores"]))
+
+
+def run_beta(run: Run) -> Optional[float]:
+    """The run's β: model.beta of its saved config, else metrics.json's; None for a model without one."""
+    for beta in ((run.config or {}).get(BETA_KEY), run.metrics.get("beta")):
+        if isinstance(beta, (int, float)) and not isinstance(beta, bool):
+            return float(beta)
+    return None
+
+
+def _family_settings(run: Run) -> Optional[dict[str, Any]]:
+    return {k: v for k, v in settings(run.config).items() if k != BETA_KEY} if run.config is not None else None
+
+
+def beta_families(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """Runs with a β, by their other settings (seed and β aside): one line each on a chart against β,
+    labelled by the settings in which the families differ (`all runs` for one family)."""
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        if run_beta(run) is not None:
+            family = _family_settings(run)
+            key = json.dumps(family, sort_keys=True, default=str) if family is not None else f"run:{run.dir.resolve()}"
+            by_key.setdefault(key, []).append(run)
+    families = list(by_key.values())
+    known = [_family_settings(f[0]) for f in families]
+    keys = sorted({k for c in known if c is not None for k in c})
+    differ = [k for k in keys if len({json.dumps((c or {}).get(k), default=str) for c in known}) > 1]
+    labels = []
+    for family, config in zip(families, known):
+        if len(families) == 1:
+            labels.append("all runs")
+        elif config is None:
+            labels.append(family[0].dir.name)
+        else:
+            labels.append(", ".join(f"{k}={_short(config.get(k))}" for k in differ))
+    return list(zip(labels, families))
+
+
+def metric_against_beta(family: list[Run], key: str) -> list[tuple[float, MeanStd]]:
+    """Per β of the family, the mean and sample std of `key` over its completed runs that have it."""
+    by_beta: dict[float, list[Any]] = {}
+    for run in family:
+        if run.completed and isinstance(run.metrics.get(key), (int, float)):
+            by_beta.setdefault(run_beta(run), []).append(run.metrics[key])
+    return [(beta, mean_std(values)) for beta, values in sorted(by_beta.items())]
+
+
+def metric_vs_beta_chart(runs: list[Run], key: str, path: Path, protocol: Optional[str]) -> bool:
+    """`key` against β, one line per family of runs (`beta_families`) at the mean over the seeds, with a
+    ±1 std band where a β has several runs; False when no run has the number."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    betas: set[float] = set()
+    for i, (label, family) in enumerate(beta_families(runs)):
+        points = metric_against_beta(family, key)
+        if not points:
+            continue
+        xs, means = [b for b, _ in points], [s.mean for _, s in points]
+        stds = [s.std or 0.0 for _, s in points]
+        ax.plot(xs, means, "-", marker="o", markersize=4, color=f"C{i % 10}",
+                label=f"{label} (runs per β: {', '.join(str(s.n) for _, s in points)})")
+        ax.fill_between(xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                        color=f"C{i % 10}", alpha=0.2, linewidth=0)
+        betas.update(xs)
+    if not betas:
+        return False
+    if min(betas) > 0:  # β is swept by factors (1, 2, 4, 8, ...)
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(betas), [f"{b:g}" for b in sorted(betas)])
+    ax.set_xlabel("β (model.beta)")
+    ax.set_ylabel(key.split("/", 1)[1])
+    ax.set_title("\n".join(textwrap.wrap(f"{key} against β; mean of the seeds, band: ±1 std"
+                                          + (f". {protocol}" if protocol else ""), 80)), fontsize=8)
+    ax.legend(fontsize=6)
+    _save(fig, path)
+    return True
+
+
+def protocols(runs: list[Run]) -> dict[str, list[Run]]:
+    """The evaluations' protocols (their one-line text) and the runs evaluated with each."""
+    found: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.evaluation is not None:
+            found.setdefault(run.evaluation.get("protocol_text") or "protocol not recorded", []).append(run)
+    return found
+
+
+def disentanglement_section(runs: list[Run], out: Path, progress: Progress) -> list[str]:
+    """compare.md's Disentanglement section and its charts, one per number against β."""
+    used = protocols(runs)
+    protocol = next(iter(used)) if len(used) == 1 else None
+    lines = ["## Disentanglement", "",
+             "Each run's newest evaluation (`python eval.py ckpt_path=<run>/checkpoints/...`, recorded in "
+             "`<run>/evals/`), on data with known factors. Protocol:", "",
+             *(f"- {text}" + (f": {', '.join(r.label for r in members)}" if protocol is None else "")
+               for text, members in used.items()), ""]
+    if protocol is None:
+        lines += ["**Note:** the runs were evaluated with different protocols: their numbers do not compare.", ""]
+    lines += ["| run | checkpoint | evaluation |", "|---|---|---|",
+              *(f"| {r.label} | {Path(r.evaluation['checkpoint']).name} | `{r.evaluation['evaluation']}` |"
+                for r in runs if r.evaluation is not None), ""]
+    lines += ["Each number against β: one line per group of runs whose other settings are equal, at the mean over "
+              "their seeds (completed runs) with a band of ±1 sample standard deviation where a β has several.", ""]
+    for key in disentanglement_keys(runs):
+        name = f"{key.split('/', 1)[1]}_vs_beta.png"
+        start = time.perf_counter()
+        if metric_vs_beta_chart(runs, key, out / name, protocol):
+            lines += [f"![{key} against β]({name})", ""]
+            _timed(progress, start, f"drew {name}")
+    return lines
 
 
 def _cell(value) -> str:
@@ -335,7 +491,7 @@ def write_compare(runs: list[Run], out: Path, progress: Progress = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     seeded = any(len(g.runs) > 1 for g in groups)
-    table = [*(f"test/{t}" for t in terms_of(runs)), "val/loss", "val/active_units"]
+    table = [*(f"test/{t}" for t in terms_of(runs)), "val/loss", "val/active_units", *disentanglement_keys(runs)]
     rows = []
     for run in runs:
         m = run.metrics
@@ -364,8 +520,10 @@ def write_compare(runs: list[Run], out: Path, progress: Progress = None) -> Path
         if curve_chart(groups, term, out / name):
             lines += [f"![{term} against epoch]({name})", ""]
             _timed(progress, start, f"drew {name}")
+    used = protocols(runs)
     start = time.perf_counter()
-    points = rate_distortion_chart(groups, out / "rate_distortion.png")
+    mig_protocol = next(iter(used)) if len(used) == 1 else "protocols differ: see compare.md" if used else None
+    points = rate_distortion_chart(groups, out / "rate_distortion.png", mig_protocol)
     _timed(progress, start, f"drew rate_distortion.png ({len(points)} points)")
     lines += ["## Rate–distortion", "", "Each run with a KL term is one point: its KL (the rate, in nats) against its "
               "reconstruction error (the distortion), from test/* (val/* when a run was not tested). β trades one for the other.", ""]
@@ -373,10 +531,15 @@ def write_compare(runs: list[Run], out: Path, progress: Progress = None) -> Path
         lines += ["Runs that differ only in seed are one point, labelled with their number n, at the mean over their "
                   "completed runs, with error bars of ±1 sample standard deviation (n − 1) of the KL (horizontal) and of "
                   "the recon (vertical) across the seeds; a run without replicas is a single point without bars.", ""]
+    if _coloured_by_mig(points):
+        lines += ["Points are coloured by their MIG (`disentanglement/mig`, the mean over the seeds); grey: not "
+                  "evaluated.", ""]
     lines += ["![rate–distortion](rate_distortion.png)", ""]
     left_out = [g.label for g in groups if not _placeable(g)]
     if left_out:
         lines += [f"Not placed (no KL: an AE has no rate term, or the run did not finish): {', '.join(left_out)}.", ""]
+    if used:
+        lines += disentanglement_section(runs, out, progress)
     start = time.perf_counter()
     path = write_text(out / "compare.md", "\n".join(lines))
     _timed(progress, start, f"wrote {path}")

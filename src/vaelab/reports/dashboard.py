@@ -8,7 +8,7 @@ The view (the `wandb-workspaces` library, built without a network) is filtered t
 W&B group, or to the given runs' ids, and has five sections:
 
   Loss components    train and val `recon`, `kl`, `nelbo`, `loss` against the step (epoch means),
-                     one line per run; the runs are grouped by model and β
+                     and the KL's parts val `mi`, `tc`, `dwkl`; one line per run, grouped by model and β
   Rate–distortion    val/kl against val/recon, one point per run, coloured by β
   Hyperparameters    parallel coordinates from the swept keys to val/nelbo (val/loss for AEs),
                      and test/nll where a run logged it
@@ -43,7 +43,8 @@ from vaelab.reports.wandb_offline import summarize
 log = logging.getLogger("vaelab.reports.dashboard")
 
 SPEC_FILE = "dashboard.json"
-TERMS = ("recon", "kl", "nelbo", "loss")  # the loss components, in the order drawn
+# The loss components, in the order drawn; a VAE's KL parts (mi, tc, dwkl) are logged at validation only.
+TERMS = ("recon", "kl", "nelbo", "loss", "mi", "tc", "dwkl")
 # Overrides that say where things are or how a run logs, not what is trained: never a hyperparameter axis.
 NOT_AXES = (*LOCATION_KEYS, "logger")
 # W&B's own history keys and Lightning's bookkeeping: not metrics to draw.

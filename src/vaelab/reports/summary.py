@@ -14,6 +14,11 @@ settings (`settings`: the config Hydra saved, less `seed` and the keys that only
 files are or how the run logs), so a seed set in a config file groups as well as one on the
 command line; `vaelab.reports.compare` groups runs the same way.
 Rewritten after every job of a multirun by `SweepSummary`, a Hydra callback (conf/hydra/default.yaml).
+
+Disentanglement: a job evaluated by eval.py (data with known factors) gets its newest evaluation's
+`disentanglement/*` numbers as columns (mean ± std in the seeds' table) and the `evaluation`
+directory they come from (vaelab.rundir.latest_evaluation); eval.py rebuilds the summary of the
+sweep whose job it evaluated, and a rebuild picks up every evaluation done since.
 Imports nothing heavy: Hydra instantiates the callback for every run, and `--help` stays fast.
 """
 
@@ -33,7 +38,8 @@ from omegaconf import OmegaConf
 
 from vaelab.files import write_text
 from vaelab.reports.tables import markdown_table
-from vaelab.rundir import EVAL_FILE, METRICS_FILE, is_rank_zero_process, logged_terms, read_record
+from vaelab.rundir import (EVAL_FILE, METRICS_FILE, is_rank_zero_process, latest_evaluation, logged_terms, read_record,
+                           training_run_dir)
 from vaelab.settings import flatten, is_setting
 
 log = logging.getLogger(__name__)
@@ -60,18 +66,35 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
 
 
+EVALUATION_KEY = "evaluation"  # the directory of the evaluation whose disentanglement numbers a row shows
+PROTOCOL_KEY = "protocol"  # that evaluation's protocol, in one line: not a column, written below the table
+
+
 def _record(job_dir: Path) -> dict[str, Any]:
+    """The job's metrics.json, with its newest evaluation's disentanglement numbers and directory."""
     record = read_record(job_dir)
     if record is None:
         return {"status": "missing", "error": f"no {METRICS_FILE}: the job did not finish (still running, or killed)"}
+    evaluation = latest_evaluation(job_dir)
+    if evaluation is not None:
+        record = {**record, **evaluation["scores"], EVALUATION_KEY: evaluation["evaluation"],
+                  PROTOCOL_KEY: evaluation.get("protocol_text")}
     return record
+
+
+def disentanglement_columns(records: list[dict[str, Any]]) -> list[str]:
+    """The disentanglement/* numbers that any record holds, in the order of the first that has each."""
+    return list(dict.fromkeys(key for record in records for key in record if key.startswith("disentanglement/")))
 
 
 def columns(records: list[dict[str, Any]]) -> list[str]:
     """job, run_name, status, overrides, then val/ and test/ of every loss term that a job logged
-    (an AE's recon and loss, a VAE's also kl and nelbo; rundir.logged_terms), error, run_dir."""
+    (an AE's recon and loss, a VAE's also kl and nelbo; rundir.logged_terms), the disentanglement
+    numbers and their evaluation when some job was evaluated, error, run_dir."""
     terms = logged_terms(records)
-    return ["job", "run_name", "status", "overrides", *(f"{s}/{t}" for s in ("val", "test") for t in terms), "error", "run_dir"]
+    evaluated = disentanglement_columns(records)
+    return ["job", "run_name", "status", "overrides", *(f"{s}/{t}" for s in ("val", "test") for t in terms),
+            *evaluated, *([EVALUATION_KEY] if evaluated else []), "error", "run_dir"]
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]]:
@@ -96,8 +119,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str], list[str]
             "error": record.get("error") or "",
             "run_dir": str(d),
             "seed": _seed(d, record, overrides[d]),  # not a column of summary.csv: for the groups of seeds
+            PROTOCOL_KEY: record.get(PROTOCOL_KEY),
         }
-        row.update({name: record.get(name) for name in names if "/" in name})
+        row.update({name: record.get(name) for name in names if "/" in name or name == EVALUATION_KEY})
         rows.append(row)
     return rows, names, common
 
@@ -253,11 +277,28 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         *markdown_table(names, [[_cell(row[c]) for c in names] for row in rows]),
         "",
     ]
+    lines += _protocol_lines(rows)
     if any(g["n"] + g["failed"] > 1 for g in groups):
         lines += _seed_section(groups, names)
     # Jobs that run at once (joblib) each rewrite the summary: a reader never sees half a file.
     write_text(sweep_dir / MD_FILE, "\n".join(lines))
     return rows
+
+
+def _protocol_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Under the table: which protocol the disentanglement numbers follow, and which jobs follow each."""
+    jobs_by_protocol: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get(PROTOCOL_KEY):
+            jobs_by_protocol.setdefault(row[PROTOCOL_KEY], []).append(row["job"])
+    if not jobs_by_protocol:
+        return []
+    lines = ["Disentanglement: each job's newest evaluation (`python eval.py ckpt_path=<job>/checkpoints/...`; "
+             f"its directory in `{EVALUATION_KEY}`). Protocol:", ""]
+    lines += [f"- {text} (jobs {' '.join(jobs)})" for text, jobs in jobs_by_protocol.items()]
+    if len(jobs_by_protocol) > 1:
+        lines += ["", "**Note:** the jobs were evaluated with different protocols: their numbers do not compare."]
+    return [*lines, ""]
 
 
 def _seed_csv(groups: list[dict[str, Any]], names: list[str]) -> str:
@@ -321,8 +362,25 @@ class SweepSummary(Callback):
             sys.exit(FAILED_SWEEP_EXIT_CODE)
 
 
+def evaluated_sweeps(eval_dirs: list[Path]) -> list[Path]:
+    """The training sweeps (their directories, holding a summary) whose jobs these evaluations
+    measured disentanglement of: read from each eval.json's checkpoint."""
+    sweeps = []
+    for eval_dir in eval_dirs:
+        try:
+            record = json.loads((eval_dir / EVAL_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        run_dir = training_run_dir(Path(record.get("checkpoint", ""))) if "disentanglement/protocol" in record else None
+        if run_dir is not None and (run_dir.parent / CSV_FILE).is_file():
+            sweeps.append(run_dir.parent)
+    return list(dict.fromkeys(sweeps))
+
+
 class EvalSweepExit(Callback):
-    """`eval.py -m`: exit non-zero when a job left no eval.json (it failed, or was killed).
+    """`eval.py -m`: rebuild the summary of every training sweep whose jobs it evaluated (each job
+    rebuilds it too, but jobs that run at once may each miss another's numbers); exit non-zero when
+    a job left no eval.json (it failed, or was killed).
 
     A failed job's error is in the metrics.json that `vaelab.sweeps.jobs.record_failure` leaves in its
     directory; the other jobs' results stay.
@@ -330,6 +388,9 @@ class EvalSweepExit(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         jobs = job_dirs(Path(config.hydra.sweep.dir))
+        for sweep_dir in evaluated_sweeps(jobs):
+            write_summary(sweep_dir)
+            log.info("sweep summary with the disentanglement numbers: %s", sweep_dir / MD_FILE)
         failed = [d for d in jobs if not (d / EVAL_FILE).is_file()]
         for job_dir in failed:
             error = (read_record(job_dir) or {}).get("error") or f"no {EVAL_FILE}: the job did not finish"

@@ -12,6 +12,7 @@ that attempt wrote, all with the same run id: `wandb sync` of all of them makes 
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,12 +72,33 @@ def _artifact(record: wandb_internal_pb2.ArtifactRecord) -> dict[str, Any]:
                       for f in record.manifest.contents]}
 
 
+def wait_until_finished(path: str | Path, timeout_s: float = 30.0) -> bool:
+    """Wait until the run file holds its exit record (True), or `timeout_s` has passed (False).
+
+    wandb's service process writes the file: it may still be doing so when `run.finish()` returns in
+    the process that logged (the file is whole once that process has exited)."""
+    deadline = time.monotonic() + timeout_s
+    while not _has_exit_record(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _has_exit_record(path: str | Path) -> bool:
+    try:
+        return any(record.WhichOneof("record_type") == "exit" for record in read_records(path))
+    except (OSError, ValueError, struct.error):  # not there yet, or not even its header written
+        return False
+
+
 def summarize(path: str | Path) -> dict[str, Any]:
     """The run's name, group, tags, config and history (a list of {metric: value} rows); its W&B
-    id, and the artifacts it logged (name, type, aliases, metadata, files: where each file is read
-    from when `wandb sync` uploads it)."""
+    id, the artifacts it logged (name, type, aliases, metadata, files: where each file is read
+    from when `wandb sync` uploads it), and its summary values set with `run.summary` (eval.py's
+    disentanglement numbers; W&B's own `_wandb`, `_runtime`, ... included)."""
     out: dict[str, Any] = {"name": None, "group": None, "tags": [], "config": {}, "history": [], "id": None,
-                           "artifacts": []}
+                           "artifacts": [], "summary": {}}
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -87,6 +109,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
             out["config"].update({_key(i): json.loads(i.value_json) for i in record.config.update})
         elif kind == "history":
             out["history"].append(_row(record))
+        elif kind == "summary":
+            out["summary"].update({_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "artifact":
             out["artifacts"].append(_artifact(record.artifact))
     return out

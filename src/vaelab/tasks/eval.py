@@ -2,6 +2,9 @@
 
 Writes into its own run directory (never into the training run's): eval.json (one flat JSON
 object), report.md (the numbers, what they mean, the panels embedded) and images/<panel>.png.
+Disentanglement numbers are also linked to the training run they judge (`record_in_training_run`):
+a small entry in <run dir>/evals/ (vaelab.rundir), the sweep's summary rebuilt, and the run's W&B
+record given them as summary values.
 
 Each stage (`STAGES`) ends with a log line "<stage>: done in <time> (<what it did>)" and leaves
 time/<stage>_s in eval.json; the importance-sampled NLL and the classifier's first training also
@@ -13,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,10 +38,11 @@ from vaelab.evaluation.regularity import completeness, continuity
 from vaelab.evaluation.report import write_report
 from vaelab.files import write_json
 from vaelab.models import Autoencoder, Codes
-from vaelab.rundir import EVAL_FILE
+from vaelab.rundir import EVAL_FILE, record_evaluation, training_run_dir
 from vaelab.tasks.build import build
 from vaelab.tasks.cli import unwritable_dir
 from vaelab.training import LitAutoencoder
+from vaelab.training.loggers import log_summary_to_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +319,43 @@ def mutual_information_matrix_panel(record: dict[str, Any]) -> Panel:
                  f"from {points} images; a latent can carry at most the factor's entropy H ({entropy})")
 
 
+def protocol_text(protocol: dict[str, Any]) -> str:
+    """One line naming the disentanglement protocol, beside every number shown away from eval.json."""
+    sizes = protocol["sizes"]
+    at = ", ".join(f"{key} {value}" for key, value in sizes.items())
+    lowered = "" if sizes == asdict(disentanglement.Sizes()) else ", lowered: not comparable with published numbers"
+    return f"disentanglement_lib metrics, sizes {at}{lowered}; seed {protocol['seed']}, sklearn {protocol['sklearn']}"
+
+
+def record_in_training_run(record: dict[str, Any], ckpt_path: Path, out_dir: Path) -> None:
+    """Link the disentanglement numbers to the training run whose checkpoint was judged: an entry in
+    <run dir>/evals/ (vaelab.rundir.record_evaluation, which compare and the sweep summary read), the
+    sweep summary rebuilt when the run is a sweep's job, and the numbers in the run's W&B record."""
+    scores = {key: record[key] for key in disentanglement.metric_keys() if isinstance(record.get(key), (int, float))}
+    if not scores:  # data without known factors, or eval.disentanglement=false
+        return
+    run_dir = training_run_dir(ckpt_path)
+    if run_dir is None:
+        log.info("disentanglement: %s is not in a training run's checkpoints/ folder: the numbers are in %s only",
+                 ckpt_path, out_dir / EVAL_FILE)
+        return
+    protocol = record["disentanglement/protocol"]
+    entry = {"checkpoint": record["checkpoint"], "evaluation": str(out_dir.resolve()), "protocol": protocol,
+             "protocol_text": protocol_text(protocol), "scores": scores, "keys": list(scores)}
+    log.info("disentanglement: recorded in the training run, %s", record_evaluation(run_dir, entry))
+    from vaelab.reports.summary import CSV_FILE, write_summary
+
+    if (run_dir.parent / CSV_FILE).is_file():  # a sweep's job: its summary shows the numbers now
+        write_summary(run_dir.parent)
+        log.info("disentanglement: sweep summary rebuilt, %s", run_dir.parent / CSV_FILE)
+    try:
+        log_summary_to_wandb_run(read_checkpoint(ckpt_path, map_location="cpu"), run_dir, out_dir,
+                                 {**entry["scores"], "disentanglement/protocol": entry["protocol_text"],
+                                  "disentanglement/evaluation": entry["evaluation"]})
+    except Exception as err:  # eval.json and the link are written: W&B is one more copy of the numbers
+        log.warning("disentanglement: not logged to W&B (%s: %s)", type(err).__name__, str(err).splitlines()[0][:200])
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path` (checked: vaelab.config.check_eval_config) on the test set; returns eval.json's record."""
     stages = Stages()
@@ -407,6 +449,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record.update(stages.record())
         write_json(out_dir / EVAL_FILE, record)
         note.detail = f"{out_dir / 'report.md'} and {EVAL_FILE}"
+    record_in_training_run(record, ckpt_path, out_dir)
     log.info("eval: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(record.items())
                                     if k.startswith("test/") and isinstance(v, float) and math.isfinite(v)))
     log.info("eval: done in %s (%s)", format_duration(stages.total()),

@@ -201,3 +201,28 @@ def finish_loggers(loggers: list[Logger], failed: bool = False) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.finish(failed=failed)
+
+
+def log_summary_to_wandb_run(checkpoint: dict[str, Any], run_dir: Path, out_dir: Path, values: dict[str, Any]) -> None:
+    """Give the W&B run that trained `checkpoint` (its CHECKPOINT_KEY id) `values` as summary values,
+    which W&B's run tables and charts read; offline unless WANDB_MODE=online, into <out_dir>/wandb/
+    (publish it with `wandb sync` after the training run's own folders). Summary, not history: a
+    resumed run's history would start again at step 0. The project and entity are the training run's
+    (its saved config in `run_dir`)."""
+    from vaelab.reports.summary import run_config
+
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if state is None or os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        log.info("W&B: the checkpoint belongs to no W&B run (trained with another logger, or W&B disabled)")
+        return
+    import wandb
+
+    config = run_config(run_dir) or {}
+    where = {key: value for key in ("project", "entity")
+             if isinstance(value := config.get(f"logger.wandb.{key}"), str) and "${" not in value}
+    run = wandb.init(id=state["id"], resume="allow", mode="online" if wandb_online() else "offline", dir=str(out_dir),
+                     reinit="create_new", settings=wandb.Settings(silent=True), **where)
+    run.summary.update(values)
+    run.finish()
+    log.info("W&B: summary values logged to run %s%s", state["id"],
+             "" if wandb_online() else f"; publish with: wandb sync {out_dir / 'wandb'}/offline-run-*")
