@@ -19,7 +19,17 @@ fi
 export PYTHONPATH=$SITE$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py tests/test_api.py tests/test_tcvae.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+# Issue 25 only (ISSUE25=1 bash bench/gpu_run.sh; it skips the tests below, which a plain call runs): the
+# papers' Fashion-MNIST table, 3 seeds stacked, each to its early stop, scored at k = 5000 on all 10,000 test
+# images (bench/paper.py). One experiment per call, each may need most of a 10-minute call:
+# EXPERIMENT=fashion_vae_paper (default), then EXPERIMENT=fashion_vampprior_paper.
+# $OUT/paper.md, paper_curves.png and paper_runs/ (the runs' records: copy them to bench/paper_runs/).
+if [ "${ISSUE25:-0}" = 1 ]; then
+  timeout 570 python3 bench/quality.py --paper --seeds 1 2 3 --experiments "${EXPERIMENT:-fashion_vae_paper}" \
+    --out "$OUT/paper.md" 2>&1 | tee "$OUT/paper.log"
+  exit 0
+fi
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py tests/test_api.py tests/test_tcvae.py tests/test_vampprior.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 timeout 240 python3 bench/check_graph.py 2>&1 | grep -v "^\s*$" | tee "$OUT/check_graph.log"
 # Issue 13 only (ISSUE13=1 bash bench/gpu_run.sh; about 5 minutes on an H200): a default epoch against
 # its training batches, whole commands against a bare Lightning script, and a 16-job sweep of 10-epoch

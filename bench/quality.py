@@ -3,6 +3,9 @@
     python bench/quality.py                                   # the whole protocol; writes bench/README.md
     python bench/quality.py --epochs 1 --k 50 --n-test 200 --out /tmp/q.md   # a quick check
     python bench/quality.py --rows examples best-budget       # a subset (rows 1 and 4)
+    python bench/quality.py --paper [--seeds 1 2 3] [--max-time DD:HH:MM:SS] [--runs DIR ...]
+                  # the papers' protocol (bench/paper.py): experiment=fashion_vae_paper and
+                  # fashion_vampprior_paper against the Exemplar-VAE paper's table, k = 5000, all test images
 
 Protocol. Fashion-MNIST (60,000 + 10,000 images) from Debian's `dataset-fashion-mnist`
 (/usr/share/datasets/fashion-mnist, IDX .gz; else the copy in .bench-data/), dynamically
@@ -55,7 +58,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_epoch import ExamplesVAE, remove_work_dir  # noqa: E402
-from vaelab.evaluation.nll import importance_sampled_nll, model_log_likelihood  # noqa: E402
+from vaelab.evaluation.nll import LogPriorRatio, importance_sampled_nll, model_log_likelihood  # noqa: E402
+from vaelab.models.objectives import log_prior_over_posterior  # noqa: E402
 
 DATA_DIRS = (Path("/usr/share/datasets/fashion-mnist"), REPO / ".bench-data")
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -122,22 +126,25 @@ LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (codes (
 
 
 @torch.no_grad()
-def score(encode: Encode, log_likelihood: LogLikelihood, x: torch.Tensor, k: int) -> dict[str, float]:
-    """Mean test NLL and nelbo over images `x`, importance-sampled with k samples per image."""
+def score(encode: Encode, log_likelihood: LogLikelihood, x: torch.Tensor, k: int,
+          log_prior_ratio: LogPriorRatio = log_prior_over_posterior) -> dict[str, float]:
+    """Mean test NLL and nelbo over images `x`, importance-sampled with k samples per image (the prior
+    N(0, I) unless `log_prior_ratio` gives another's log p(z) − log q(z|x))."""
     torch.manual_seed(SCORE_SEED)
     nll, nelbo = [], []
     for batch in x.to(DEVICE).split(SCORE_BATCH):
         mu, logvar = encode(batch)
-        result = importance_sampled_nll(batch, mu, logvar, log_likelihood, k, max_codes=SCORE_MAX_CODES)
+        result = importance_sampled_nll(batch, mu, logvar, log_likelihood, k, max_codes=SCORE_MAX_CODES,
+                                        log_prior_ratio=log_prior_ratio)
         nll.append(result["nll"])
         nelbo.append(result["nelbo"])
     return {"nll": torch.cat(nll).mean().item(), "nelbo": torch.cat(nelbo).mean().item()}
 
 
 def score_vaelab(model, x: torch.Tensor, k: int) -> dict[str, float]:
-    """A vaelab VAE: its encoder's mean and log-variance, its own Bernoulli log p(x|z)."""
+    """A vaelab VAE: its encoder's mean and log-variance, its own Bernoulli log p(x|z) and prior."""
     model.to(DEVICE).eval()
-    return score(model.encode, model_log_likelihood(model), x, k)
+    return score(model.encode, model_log_likelihood(model), x, k, model.log_prior_over_posterior)
 
 
 def score_examples(model: ExamplesVAE, x: torch.Tensor, k: int) -> dict[str, float]:
@@ -237,12 +244,12 @@ class FitClock(pl.Callback):
             (Path(trainer.default_root_dir) / FIT_CLOCK).write_text(json.dumps({"fit_s": fit_s}))
 
 
-def run_train_py(overrides: list[str], data_root: Path, gz_dir: Path, run_dir: Path) -> tuple[dict, float, float]:
-    """`python train.py data=fashion_mnist ... <overrides>` into `run_dir`: its metrics.json, the wall
-    time of the whole command and the seconds of its fit (FitClock)."""
-    command = [sys.executable, str(REPO / "train.py"), "data=fashion_mnist", f"data.data_dir={data_root}",
+def train_py(overrides: list[str], data_root: Path, gz_dir: Path, multirun: bool = False) -> float:
+    """`python train.py [-m] data=fashion_mnist <the local copy> logger=csv <overrides>`, with FitClock (a
+    multirun's jobs each get theirs): the wall time of the whole command."""
+    command = [sys.executable, str(REPO / "train.py"), *(["-m"] if multirun else []), "data=fashion_mnist", f"data.data_dir={data_root}",
                f"data.system_dir={gz_dir}", "data.source=local", "logger=csv",
-               "+callbacks.fit_clock._target_=quality.FitClock", *overrides, f"hydra.run.dir={run_dir}"]
+               "+callbacks.fit_clock._target_=quality.FitClock", *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "bench"), env.get("PYTHONPATH")]))
     start = time.perf_counter()
@@ -250,6 +257,13 @@ def run_train_py(overrides: list[str], data_root: Path, gz_dir: Path, run_dir: P
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"train.py failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return wall
+
+
+def run_train_py(overrides: list[str], data_root: Path, gz_dir: Path, run_dir: Path) -> tuple[dict, float, float]:
+    """`train_py` with `overrides` into `run_dir`: its metrics.json, the wall time of the whole command
+    and the seconds of its fit (FitClock)."""
+    wall = train_py([*overrides, f"hydra.run.dir={run_dir}"], data_root, gz_dir)
     fit_s = json.loads((run_dir / FIT_CLOCK).read_text())["fit_s"]
     return json.loads((run_dir / "metrics.json").read_text()), wall, fit_s
 
@@ -412,12 +426,12 @@ def report(rows: list[Row], args, data_note: str, started: str, total_s: float) 
             f"{table(rows, reference)}\n{notes}\n{END}")
 
 
-def write_readme(section: str, path: Path) -> None:
-    """Replace the text between the markers in `path` (or append it, with the markers)."""
+def write_readme(section: str, path: Path, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the markers `begin` and `end` in `path` (or append it, with the markers)."""
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
@@ -426,8 +440,8 @@ def write_readme(section: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--k", type=int, default=1000, help="importance samples per test image")
-    parser.add_argument("--n-test", type=int, default=2000, help="the first N test images are scored")
+    parser.add_argument("--k", type=int, help="importance samples per test image (default 1000; --paper: 5000)")
+    parser.add_argument("--n-test", type=int, help="the first N test images are scored (default 2000; --paper: all 10000)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--best", default="fashion_best", help="the experiment of row best")
     parser.add_argument("--fast", default="fashion_fast", help="the experiment of row best-budget")
@@ -435,7 +449,15 @@ def main() -> None:
     parser.add_argument("--overhead", type=float, help="vaelab's fixed overhead in s when no other vaelab row runs first")
     parser.add_argument("--out", type=Path, default=README, help="the markdown file whose quality section is replaced")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    paper = parser.add_argument_group("--paper (bench/paper.py)")
+    paper.add_argument("--paper", action="store_true", help="the papers' protocol instead of the rows above")
+    paper.add_argument("--experiments", nargs="+", default=["fashion_vae_paper", "fashion_vampprior_paper"])
+    paper.add_argument("--seeds", nargs="+", type=int, default=[1], help="two or more: one stacked sweep per experiment")
+    paper.add_argument("--max-time", help="cap each fit, DD:HH:MM:SS (trainer.max_time)")
+    paper.add_argument("--runs", nargs="+", type=Path, help="score these run or sweep directories instead of training")
     args = parser.parse_args()
+    args.k = args.k or (5000 if args.paper else 1000)
+    args.n_test = args.n_test or (10_000 if args.paper else 2000)
 
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     begin = time.perf_counter()
@@ -446,6 +468,12 @@ def main() -> None:
     ctx = Context(data_root, gz_dir, work, binarised_test_images(data_root, args.n_test), args.k, args.epochs,
                   args.best, budget_experiment=args.fast, budget_s=args.budget, overhead_s=args.overhead)
     print(f"machine: {machine()}\ndata:    Fashion-MNIST from {gz_dir}\nwork:    {work}")
+    if args.paper:
+        from paper import run_paper
+
+        run_paper(args, ctx, started, begin)
+        remove_work_dir(work, args.keep)
+        return
     makers = {"examples": row_examples, "same": row_same, "best": row_best, "best-budget": row_best_budget}
     rows = []
     for name in ROWS:

@@ -125,7 +125,7 @@ needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs a CUDA device; on a GPU machine: bash bench/gpu_run.sh (its first step runs "
            "pytest tests/test_training_step.py tests/test_objectives.py tests/test_likelihoods.py tests/test_api.py "
-           "tests/test_tcvae.py)")
+           "tests/test_tcvae.py tests/test_vampprior.py)")
 
 
 UNREACHABLE_MIRROR = "http://127.0.0.1:9/"  # the discard port: refused at once, no network needed

@@ -109,7 +109,7 @@ P = "callbacks.latent_panels"
 # rule key: (overrides, the one line the user gets). Keys with "@" are rules across keys.
 TRAIN_CASES = {
     "model.name": (["model.name=foo"], "model.name=foo must be one of ae, vae"),
-    "model.net": (["model.net=foo"], "model.net=foo must be one of mlp, conv, conv64, mlp1200"),
+    "model.net": (["model.net=foo"], "model.net=foo must be one of mlp, conv, conv64, mlp1200, gated_mlp"),
     "model.latent_dim": (["model.latent_dim=0"], "model.latent_dim=0 must be an integer >= 1"),
     "model.hidden_dims": (["model.hidden_dims=[]"], "model.hidden_dims=[] must be null (the net's default) or a non-empty "
                           "list of integers >= 1, e.g. [512,256]"),
@@ -130,6 +130,14 @@ TRAIN_CASES = {
     "model.kl_cycles": (["model.kl_cycles=0"], "model.kl_cycles=0 must be an integer >= 1"),
     "model.kl_ratio": (["model.kl_ratio=1.5"], "model.kl_ratio=1.5 must be a number > 0 and <= 1"),
     "model.kl_capacity": (["model.kl_capacity=-1"], "model.kl_capacity=-1 must be a number >= 0"),
+    "model.prior": (["model.prior=gaussian"], "model.prior=gaussian must be one of standard, vamp or null (standard)"),
+    "model.pseudo_inputs": (["model.prior=vamp", "model.pseudo_inputs=0"], "model.pseudo_inputs=0 must be an integer >= 1 "
+                            "or null"),
+    "model.free_bits@vamp": (["model.prior=vamp", "model.free_bits=0.5"], "model.free_bits=0.5 must be 0 with "
+                             "model.prior=vamp: free bits floor each dimension's analytic KL to N(0, 1), and the KL to "
+                             "a VampPrior (a mixture) has no per-dimension closed form"),
+    "model.pseudo_inputs@standard": (["model.pseudo_inputs=10"], "model.pseudo_inputs=10 must be null with "
+                                     "model.prior=standard: only the VampPrior (model.prior=vamp) has pseudo-inputs"),
     "optimizer.scheduler": (["optimizer.scheduler=step"], "optimizer.scheduler=step must be one of constant, cosine, plateau"),
     "optimizer.warmup_steps": (["optimizer.warmup_steps=-1"], "optimizer.warmup_steps=-1 must be an integer >= 0"),
     "optimizer.min_lr": (["optimizer.min_lr=-1"], "optimizer.min_lr=-1 must be a number >= 0"),
@@ -222,9 +230,20 @@ TRAIN_CASES = {
                                            "callbacks.model_checkpoint.monitor=val/nothing must be a metric that each "
                                            "validation of model=vae logs: val/recon, val/kl, val/loss, val/nelbo, "
                                            "val/mi, val/tc, val/dwkl, val/active_units"),
+    "callbacks.early_stopping.patience": (["callbacks.early_stopping.patience=-1"],
+                                          "callbacks.early_stopping.patience=-1 must be an integer >= 1 or null"),
+    "callbacks.early_stopping.mode": (["callbacks.early_stopping.mode=lowest"],
+                                      "callbacks.early_stopping.mode=lowest must be min or max"),
+    "callbacks.early_stopping.min_delta": (["callbacks.early_stopping.min_delta=-1"],
+                                           "callbacks.early_stopping.min_delta=-1 must be a number >= 0"),
+    "callbacks.early_stopping.monitor@on": (["callbacks.early_stopping.patience=5",
+                                             "callbacks.early_stopping.monitor=val/nll"],
+                                            "callbacks.early_stopping.monitor=val/nll must be a metric that each "
+                                            "validation of model=vae logs: val/recon, val/kl, val/loss, val/nelbo, "
+                                            "val/mi, val/tc, val/dwkl, val/active_units"),
     "model@unknown_key": (["++model.foo=1"], "model.foo is not a key of model=vae; its keys are name, latent_dim, "
                           "hidden_dims, net, recon_loss, sigma, beta, objective, alpha, gamma, k, free_bits, kl_schedule, kl_period, "
-                          "kl_period_unit, kl_cycles, kl_ratio, kl_capacity, lr, cuda_graph"),
+                          "kl_period_unit, kl_cycles, kl_ratio, kl_capacity, prior, pseudo_inputs, lr, cuda_graph"),
     "data.path@required": (["data=folder"], "data.path is required with data.name=folder: an existing folder of images "
                            "(PNG, JPEG, BMP or WebP files, flat or in one subfolder per class), e.g. data.path=/data/faces"),
     "data.path@mnist": (["data.path={data_dir}"], "data.path={data_dir} must be null for data.name=mnist, which does not "
@@ -401,6 +420,9 @@ def _checked(*overrides: str) -> None:
     (["callbacks.latent_panels=null", "callbacks.model_checkpoint.monitor=val/active_units"],  # logged by the panels
      "callbacks.model_checkpoint.monitor=val/active_units must be a metric that each validation of model=vae logs: "
      "val/recon, val/kl, val/loss, val/nelbo, val/mi, val/tc, val/dwkl"),
+    (["model=ae", "callbacks.early_stopping.patience=50", "callbacks.early_stopping.monitor=val/nelbo"],
+     "callbacks.early_stopping.monitor=val/nelbo must be a metric that each validation of model=ae logs: val/recon, "
+     "val/loss, val/active_units"),
     (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5 must be a fraction of an epoch in (0, 1] (e.g. "
      "0.25), a number of training batches >= 1 (e.g. 100), or null (once per epoch)"),
     (["optimizer.min_lr=nan"], "optimizer.min_lr=nan must be finite: a number >= 0"),
@@ -417,6 +439,8 @@ def test_more_refused_values_on_the_composed_config(overrides, line):
     ["callbacks.model_checkpoint.monitor=val/active_units"], ["model=ae", "callbacks.model_checkpoint.monitor=val/recon"],
     ["callbacks.model_checkpoint.monitor=null"], ["trainer.val_check_interval=0.25"], ["trainer.val_check_interval=1.0"],
     ["trainer.val_check_interval=100"], ["model=ae", "model.beta=null"],
+    ["callbacks.early_stopping.patience=50", "callbacks.early_stopping.monitor=val/nelbo"],
+    ["model=ae", "callbacks.early_stopping.monitor=val/nelbo"],  # off (patience null): its monitor is not read
 ])
 def test_accepted_values_on_the_composed_config(overrides):
     _checked(*overrides)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import built_once, run_dirs, run_entry_point_in_process, small_run_overrides, write_synthetic_dataset
-from vaelab.evaluation.latent import active_units, activity, encode, kl_per_dim, most_active_first, project_2d
-from vaelab.models import Codes, gaussian_kl
+from vaelab.evaluation.latent import active_units, activity, encode, most_active_first, project_2d
+from vaelab.models import VAE, Codes, gaussian_kl
 
 
 class ConstructedEncoder(torch.nn.Module):
@@ -35,7 +35,7 @@ def test_active_units_on_a_constructed_encoder():
 
 def test_kl_per_dim_sums_to_the_logged_kl():
     mu, logvar = torch.randn(50, 6), torch.randn(50, 6)
-    per_dim = kl_per_dim(Codes(mu, logvar))
+    per_dim = VAE(latent_dim=6, hidden_dims=[8]).kl_per_dim(Codes(mu, logvar))
     assert per_dim.shape == (6,)
     assert float(per_dim.sum()) == pytest.approx(float(gaussian_kl(mu, logvar)), rel=1e-6)
 
@@ -205,13 +205,13 @@ def test_a_labelled_grid_refuses_labels_that_do_not_match_its_rows():
 
 def test_the_traversal_rows_name_each_dimension_its_kl_or_code_std_and_its_factor():
     from vaelab.evaluation.panels import make_panels, traversal_labels
-    from vaelab.models import AE, VAE
+    from vaelab.models import AE
 
     torch.manual_seed(0)
     x, labels = torch.rand(40, 1, 28, 28), torch.arange(40) % 10
     vae = VAE(latent_dim=3, hidden_dims=[16])
     codes = encode(vae, x)
-    kl, order = kl_per_dim(codes), most_active_first(codes)
+    kl, order = vae.kl_per_dim(codes), most_active_first(codes)
     cells, header = traversal_labels(order, kl, torch.ones(3), ["shape", None, "posY"])
     assert header == ["latent", "KL (nats)", "factor"]
     factors = {0: "shape", 1: "–", 2: "posY"}

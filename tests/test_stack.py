@@ -63,6 +63,11 @@ CASES = {
     "cbernoulli": [_builder(s, recon_loss="cbernoulli") for s in SETTINGS[1:]],
     "ae": [_builder({}, AE), _builder({}, AE)],
     "new-model-type": [_builder({}, SparseAE), _builder({}, SparseAE)],
+    # the prior's pseudo-inputs are weights of each member; its KL is sampled from the member's own noise
+    "vampprior-gated": [_builder(dict(beta=1.0, prior="vamp", pseudo_inputs=3), net="gated_mlp"),
+                        _builder(dict(beta=2.0, prior="vamp", pseudo_inputs=3, kl_schedule="linear", kl_period=2,
+                                      kl_period_unit="step"), net="gated_mlp")],
+    "vampprior-iwae": [_builder(dict(beta=b, objective="iwae", k=3, prior="vamp", pseudo_inputs=3)) for b in (0.5, 1.0)],
 }
 
 

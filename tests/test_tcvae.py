@@ -390,20 +390,24 @@ def test_train_py_with_tcvae_writes_the_parts_to_metrics_json(shared_data_dir, t
 
 @needs_cuda
 def test_a_tcvae_step_replayed_as_a_cuda_graph_equals_the_eager_step():
-    """No data-dependent branch: N, the weights and the schedule are device tensors the graph reads
-    (not yet run on a GPU: bench/gpu_run.sh does not list this file)."""
+    """No data-dependent branch: N, the weights and the schedule are device tensors the graph reads."""
+    torch.manual_seed(0)
+    graphed = VAE((1, 28, 28), 4, [32], objective="tcvae", beta=6.0, kl_schedule="linear", kl_period=3,
+                  kl_period_unit="step").cuda()
+    graphed.use_train_size(60000)
+    assert_graphed_steps_equal_eager(graphed, [torch.rand(64, 1, 28, 28, device="cuda") for _ in range(5)])
+
+
+def assert_graphed_steps_equal_eager(graphed: VAE, batches: list[torch.Tensor]) -> None:
+    """Training steps of `graphed`, one per batch, each a replay of one captured CUDA graph, give the
+    losses and weights of the same steps taken eagerly by a copy, with the same noise."""
     import copy
 
     from vaelab.training import make_optimizer
     from vaelab.training.graph_step import CudaGraphStep
 
-    torch.manual_seed(0)
-    graphed = VAE((1, 28, 28), 4, [32], objective="tcvae", beta=6.0, kl_schedule="linear", kl_period=3,
-                  kl_period_unit="step").cuda()
-    graphed.use_train_size(60000)
     eager = copy.deepcopy(graphed)
-    batches = [torch.rand(64, 1, 28, 28, device="cuda") for _ in range(5)]
-    noise = [torch.randn(64, 4, device="cuda") for _ in range(5)]
+    noise = [torch.randn(len(x), graphed.latent_dim, device="cuda") for x in batches]
     opt_g = make_optimizer(graphed.parameters(), 1e-3, torch.device("cuda"), capturable=True)
     opt_e = make_optimizer(eager.parameters(), 1e-3, torch.device("cuda"))
     static_eps = noise[0].clone()

@@ -12,10 +12,12 @@ from typing import Any
 # -- model.* ---------------------------------------------------------------------------------------
 # encoder/decoder pairs (models/autoencoders.py): models/mlp.py, models/conv.py, and the published nets
 # of models/nets64.py (conv64: disentanglement_lib's conv net, 64×64 only; mlp1200: β-VAE's/β-TCVAE's MLP)
-NETWORKS = ("mlp", "conv", "conv64", "mlp1200")
+# and models/gated.py (gated_mlp: the VampPrior paper's gated dense layers)
+NETWORKS = ("mlp", "conv", "conv64", "mlp1200", "gated_mlp")
 RECON_LOSSES = ("mse", "bce", "gaussian", "cbernoulli")  # the decoder's p(x|z): models/losses.py
 SIGMAS = ("learned", "optimal")  # the gaussian decoder's σ
 OBJECTIVES = ("elbo", "iwae", "tcvae")  # models/autoencoders.py (VAE)
+PRIORS = ("standard", "vamp")  # the VAE's p(z): models/priors.py
 KL_SCHEDULES = ("constant", "linear", "cyclical", "capacity")  # models/schedules.py
 PERIOD_UNITS = ("epoch", "step")
 
@@ -91,7 +93,7 @@ MODEL_TYPES: dict[str, ModelType] = {t.name: t for t in (
     ModelType("ae", "vaelab.models.autoencoders:AE", ARCHITECTURE, terms=("recon", "loss")),
     ModelType("vae", "vaelab.models.autoencoders:VAE",
               (*ARCHITECTURE, "beta", "objective", "alpha", "gamma", "k", "free_bits", "kl_schedule", "kl_period",
-               "kl_period_unit", "kl_cycles", "kl_ratio", "kl_capacity"),
+               "kl_period_unit", "kl_cycles", "kl_ratio", "kl_capacity", "prior", "pseudo_inputs"),
               terms=("recon", "kl", "loss", "nelbo"), per_member=("beta", "alpha", "gamma", "free_bits", "schedule"),
               # the KL's parts (models/decomposition.py): index-code MI, total correlation, dimension-wise KL
               eval_terms=("mi", "tc", "dwkl")),

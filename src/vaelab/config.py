@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vaelab.catalog import (BINARIZE, DATA_SET_KEYS, DATASETS, DISENTANGLEMENT_METRICS, DSPRITES_MAX_SIZE, FACTOR_DATASETS,
-                            FILE_DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS,
+                            FILE_DATASETS, KL_SCHEDULES, LR_SCHEDULERS, MODEL_TYPES, NETWORKS, OBJECTIVES, PERIOD_UNITS, PRIORS,
                             RECON_LOSSES, SIGMAS, SOURCES, TORCHVISION_CLASSES)
 from vaelab.errors import ConfigError, refused, show
 
@@ -126,6 +126,8 @@ MODEL_RULES = [
     integer("model.kl_cycles", minimum=1),
     number("model.kl_ratio", 0, strict=True, maximum=1),
     number("model.kl_capacity", 0),
+    Rule("model.prior", f"one of {', '.join(PRIORS)} or null (standard)", lambda v: v is None or v in PRIORS),
+    integer("model.pseudo_inputs", minimum=1, nullable=True),  # prior=vamp: K (null: 500)
     number("model.lr", 0, strict=True),
     boolean("model.cuda_graph"),
 ]
@@ -181,6 +183,11 @@ PANEL_RULES = [
     integer("callbacks.latent_panels.traversal_steps", minimum=2),
     integer("callbacks.latent_panels.max_val_images", minimum=2, nullable=True),
 ]
+EARLY_STOPPING_RULES = [
+    integer("callbacks.early_stopping.patience", minimum=1, nullable=True),  # null: off
+    Rule("callbacks.early_stopping.mode", "min or max", lambda v: v in ("min", "max")),
+    number("callbacks.early_stopping.min_delta", 0),
+]
 RUN_RULES = [
     integer("seed"),
     boolean("test"),
@@ -204,7 +211,8 @@ EVAL_RULES = [
     integer("eval.disentanglement_sizes.test", minimum=1),
     integer("eval.disentanglement_sizes.batch", minimum=2),
 ]
-TRAIN_RULES = [*MODEL_RULES, *OPTIMIZER_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *RUN_RULES]
+TRAIN_RULES = [*MODEL_RULES, *OPTIMIZER_RULES, *DATA_RULES, *TRAINER_RULES, *PANEL_RULES, *EARLY_STOPPING_RULES,
+               *RUN_RULES]
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -290,6 +298,12 @@ def _check_objective(model: DictConfig) -> None:
         if model.kl_schedule == "capacity":
             refuse("model.kl_schedule", model.kl_schedule, f"constant, linear or cyclical with "
                    f"model.objective={model.objective}: {capacity_why}")
+    if model.get("prior") == "vamp" and model.get("free_bits"):
+        refuse("model.free_bits", model.free_bits, "0 with model.prior=vamp: free bits floor each dimension's analytic "
+               "KL to N(0, 1), and the KL to a VampPrior (a mixture) has no per-dimension closed form")
+    if model.get("prior") != "vamp" and model.get("pseudo_inputs") is not None:
+        refuse("model.pseudo_inputs", model.pseudo_inputs, f"null with model.prior={model.get('prior') or 'standard'}: "
+               "only the VampPrior (model.prior=vamp) has pseudo-inputs")
     if model.get("objective") not in (None, "tcvae"):
         for key in ("alpha", "gamma"):
             if model.get(key, 1) not in (1, None):
@@ -386,17 +400,20 @@ def _check_file_data(data: DictConfig) -> None:
 
 
 def _check_monitor(cfg: DictConfig, val_metrics: list[str]) -> None:
-    """The checkpoint's monitor must be a metric that a validation epoch logs: Lightning would
-    fail only after the first epoch."""
-    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
-    if monitor is None:
-        return
+    """The checkpoint's monitor, and early stopping's where it is on, must be a metric that a
+    validation epoch logs: Lightning would fail only after the first epoch."""
     known = list(val_metrics)
     if OmegaConf.select(cfg, "callbacks.latent_panels", default=None) is not None:
         known.append("val/active_units")  # logged by the latent_panels callback
-    if monitor not in known:
-        refuse("callbacks.model_checkpoint.monitor", monitor,
-               f"a metric that each validation of model={cfg.model.name} logs: {', '.join(known)}")
+    checked = []
+    if OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None) is not None:  # null: no ranking
+        checked.append("callbacks.model_checkpoint.monitor")
+    if OmegaConf.select(cfg, "callbacks.early_stopping.patience", default=None) is not None:  # null: off
+        checked.append("callbacks.early_stopping.monitor")
+    for key in checked:
+        monitor = OmegaConf.select(cfg, key, default=None)
+        if monitor not in known:
+            refuse(key, monitor, f"a metric that each validation of model={cfg.model.name} logs: {', '.join(known)}")
 
 
 def check_ckpt_path(ckpt_path: Any, required: bool = False) -> None:

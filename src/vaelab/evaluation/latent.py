@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from vaelab.models import Codes, gaussian_kl_per_dim
+from vaelab.models import Codes
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al.'s threshold on Cov_x(E_q[z_i])
 
@@ -24,11 +24,6 @@ def encode(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> C
     """Codes (`model.posterior`) of images `x` (N, C, H, W), encoded `batch_size` at a time."""
     parts = [model.posterior(x[part]) for part in batches(len(x), batch_size)]
     return Codes(*(None if field[0] is None else torch.cat(field) for field in zip(*parts)))
-
-
-def kl_per_dim(codes: Codes) -> torch.Tensor:
-    """(latent_dim,) KL of a stochastic encoder's codes (logvar given) of each dimension averaged over the images; sums to the logged `kl`."""
-    return gaussian_kl_per_dim(codes.mu, codes.logvar).mean(dim=0)
 
 
 def activity(codes: Codes) -> torch.Tensor:

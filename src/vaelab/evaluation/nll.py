@@ -4,7 +4,8 @@
 
 computed as logsumexp(log w) − log k, so no weight ever leaves float range. For z = μ + σ·ε,
 log p(z) − log q(z|x) is taken from the noise ε (`log_prior_over_posterior`), as Burda et al. do:
-recomputing (z − μ)²/σ² from z loses the digits of ε when σ ≪ |μ|. The estimate is
+recomputing (z − μ)²/σ² from z loses the digits of ε when σ ≪ |μ|. A VAE whose prior is not N(0, I)
+(a VampPrior) gives its own (`VAE.log_prior_over_posterior`, the `log_prior_ratio` argument). The estimate is
 a lower bound on log p(x) for every k (in expectation) that tightens as k grows, and it is
 never below the ELBO estimate (1/k) Σ_j log w_j of the same samples (Jensen's inequality).
 
@@ -101,12 +102,14 @@ def bits_per_dim(nll: float, image_shape: tuple[int, ...]) -> float:
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Told (images done, images in all) after each batch of images.
 Progress = Callable[[int, int], None]
+# log p(z) − log q(z|x) from (z, ε, logvar), each (K, B, latent_dim); returns (K, B).
+LogPriorRatio = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
 def importance_sampled_nll(
     x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, log_likelihood: LogLikelihood,
-    k: int, max_codes: int = 50_000,
+    k: int, max_codes: int = 50_000, log_prior_ratio: LogPriorRatio = log_prior_over_posterior,
 ) -> dict[str, torch.Tensor]:
     """Per-image estimates, each (B,), for images `x` with posterior N(mu, exp(logvar)) (B, latent_dim).
 
@@ -131,7 +134,7 @@ def importance_sampled_nll(
         eps = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # (n, B, latent_dim)
         z = mu + std * eps
         log_px_z = log_likelihood(z, x)  # (n, B)
-        log_w = log_px_z + log_prior_over_posterior(z, eps, logvar)
+        log_w = log_px_z + log_prior_ratio(z, eps, logvar)
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         sum_log_w += log_w.sum(dim=0)
         sum_log_px_z += log_px_z.sum(dim=0)
@@ -143,6 +146,7 @@ def importance_sampled_nll(
 def importance_sampled_sums(
     x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, log_likelihood: LogLikelihood,
     k: int, batch_size: int, max_codes: int = 50_000, progress: Progress | None = None,
+    log_prior_ratio: LogPriorRatio = log_prior_over_posterior,
 ) -> dict[str, float]:
     """The sums over all images `x` of `importance_sampled_nll`'s nll, nelbo and recon (float64 on
     the host: a mean is one division), estimated `batch_size` images at a time.
@@ -153,7 +157,8 @@ def importance_sampled_sums(
     sums = {"nll": 0.0, "nelbo": 0.0, "recon": 0.0}
     total = len(x)
     for part in batches(total, batch_size):
-        estimate = importance_sampled_nll(x[part], mu[part], logvar[part], log_likelihood, k, max_codes=max_codes)
+        estimate = importance_sampled_nll(x[part], mu[part], logvar[part], log_likelihood, k, max_codes=max_codes,
+                                          log_prior_ratio=log_prior_ratio)
         for key in sums:
             sums[key] += float(estimate[key].double().sum())
         if progress is not None:

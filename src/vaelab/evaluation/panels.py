@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim, most_active_first, project_2d
+from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, most_active_first, project_2d
 
 PADDING = 2
 TRAVERSAL_RANGE = 3.0  # traverse ±3 standard deviations of the model's code distribution
@@ -283,7 +283,7 @@ def make_panels(model, x: torch.Tensor, labels: torch.Tensor, n_images: int = 8,
                         f"each row: decoded codes on the straight line between two test images' codes, {interpolation_steps} steps"))
 
     # 4) Traversals: row r varies the r-th most active dimension, the others stay at image 0's code.
-    kl = kl_per_dim(codes) if "kl" in model.terms else None
+    kl = model.kl_per_dim(codes)
     order = most_active_first(codes)[:traversal_dims]
     steps = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, traversal_steps).to(codes.mu)
     centre, spread = distribution.mean, distribution.std()

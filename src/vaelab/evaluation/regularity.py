@@ -70,8 +70,8 @@ def _judge(classifier, images: torch.Tensor, prefix: str) -> dict[str, float]:
 @torch.no_grad()
 def completeness(model, classifier, codes: Codes, test_images: torch.Tensor, n_samples: int,
                  generator: torch.Generator) -> dict[str, float]:
-    """Classifier judgements of decoded N(0, I) samples, and of the model's own code distribution
-    where that is another (an AE's fitted Gaussian), from the same noise.
+    """Classifier judgements of decoded prior samples (N(0, I) for a model without a prior: an AE), and
+    of the model's own code distribution where that is another (an AE's fitted Gaussian), from the same noise.
 
     `test_images` (N, C, H, W) give the reference values of real images: levels in [0, 1], never
     binarised (`classifier.pixel_levels` of the test file), like the decoded pixel means.
@@ -79,9 +79,10 @@ def completeness(model, classifier, codes: Codes, test_images: torch.Tensor, n_s
     device = next(classifier.parameters()).device
     eps = torch.randn(n_samples, codes.mu.shape[1], generator=generator).to(codes.mu)
     out = _judge(classifier, test_images.to(device), "completeness/test")
-    out.update(_judge(classifier, decode_means(model, eps).to(device), "completeness/prior"))
     distribution = model.code_distribution(codes)
+    prior = distribution.from_noise(eps, generator) if distribution.name == "prior" else eps
+    out.update(_judge(classifier, decode_means(model, prior).to(device), "completeness/prior"))
     if distribution.name != "prior":
-        z = distribution.mean + eps @ distribution.scale_tril.T
+        z = distribution.from_noise(eps, generator)
         out.update(_judge(classifier, decode_means(model, z).to(device), f"completeness/{distribution.name}"))
     return out

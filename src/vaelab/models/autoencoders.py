@@ -25,11 +25,14 @@ from torch import nn
 from vaelab.catalog import FROM_DATA, MODEL_TYPES, ModelType
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.decomposition import kl_decomposition
+from vaelab.models.gated import GATED_MLP_WIDTHS, GatedMLPDecoder, GatedMLPEncoder
 from vaelab.models.losses import Likelihood, gaussian_kl_per_dim
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
 from vaelab.models.nets64 import (CONV64_CHANNELS, MLP1200_ENCODER, Conv64Decoder, Conv64Encoder, MLP1200Decoder,
                                   MLP1200Encoder)
 from vaelab.models.objectives import log_prior_over_posterior
+from vaelab.models.priors import (PseudoInputs, log_gaussian_mixture, log_posterior_from_noise, log_standard_normal,
+                                  mixture_moments)
 from vaelab.models.schedules import KLSchedule
 
 # Adding a network: write its encoder/decoder pair in models/<name>.py, name it here and in
@@ -39,11 +42,13 @@ NETWORK_MODULES = {
     "conv": (ConvEncoder, ConvDecoder),
     "conv64": (Conv64Encoder, Conv64Decoder),  # disentanglement_lib's, 64×64 images only
     "mlp1200": (MLP1200Encoder, MLP1200Decoder),  # β-VAE's on dSprites (= β-TCVAE's), tanh decoder
+    "gated_mlp": (GatedMLPEncoder, GatedMLPDecoder),  # the VampPrior paper's gated dense layers
 }
 # model.hidden_dims=null takes these: widths of the MLP's layers, channels of the conv net's.
 # One 400-channel conv layer would give 78,400-wide heads (4.8 M parameters, minutes per CPU epoch).
 # The published nets (models/nets64.py) have fixed widths: null gives theirs, any other value is refused.
-DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64), "conv64": CONV64_CHANNELS, "mlp1200": MLP1200_ENCODER}
+DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64), "conv64": CONV64_CHANNELS, "mlp1200": MLP1200_ENCODER,
+                       "gated_mlp": GATED_MLP_WIDTHS}
 
 # exp(-20) keeps σ representable in float32 and bfloat16; exp(10) keeps σ² and the KL finite.
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
@@ -62,31 +67,46 @@ class Codes(NamedTuple):
 
 
 class CodeDistribution(NamedTuple):
-    """The Gaussian N(mean, L·Lᵀ) that a model's codes are drawn from to generate images."""
+    """Where a model's codes are drawn from to generate images: the Gaussian N(mean, L·Lᵀ), or, given
+    `components`, the equal-weight mixture of N(μ_k, diag σ_k²) (a VampPrior), whose mean and
+    covariance `mean` and L·Lᵀ then are (traversals step in its std)."""
 
     name: str  # "prior" or "fitted_gaussian": panels call the samples "<name>_samples"
     mean: torch.Tensor  # (d,)
     scale_tril: torch.Tensor  # (d, d) lower-triangular L
     caption: str  # what the samples are
     unit: str  # what one step of a traversal is
+    components: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (K, d) μ_k and σ_k of a mixture
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         eps = torch.randn(n, len(self.mean), generator=generator).to(self.mean)
-        return self.mean + eps @ self.scale_tril.T
+        return self.from_noise(eps, generator)
+
+    def from_noise(self, eps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Codes from standard normal noise eps (n, d): mean + L·ε, or μ_k + σ_k·ε with k drawn uniformly
+        from `generator` (a mixture)."""
+        if self.components is None:
+            return self.mean + eps @ self.scale_tril.T
+        means, stds = self.components
+        pick = torch.randint(len(means), (len(eps),), generator=generator).to(means.device)
+        return means[pick] + stds[pick] * eps
 
     def std(self) -> torch.Tensor:
         """(d,) marginal standard deviations, sqrt(diag(L·Lᵀ))."""
         return self.scale_tril.pow(2).sum(dim=1).sqrt()
 
 
+def cholesky_with_ridge(cov: torch.Tensor) -> torch.Tensor:
+    """A Cholesky factor of `cov` (d, d); a small ridge keeps it defined when some dimensions never vary."""
+    ridge = 1e-6 * (cov.diagonal().mean() + 1e-12) * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+    return torch.linalg.cholesky(cov + ridge)
+
+
 def fitted_gaussian(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (d,) and a Cholesky factor (d, d) of the codes' empirical covariance."""
     mean = codes.mean(dim=0)
     centred = codes - mean
-    cov = centred.T @ centred / max(len(codes) - 1, 1)
-    # A small ridge keeps the factorisation defined when some code dimensions never vary.
-    ridge = 1e-6 * (cov.diagonal().mean() + 1e-12) * torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
-    return mean, torch.linalg.cholesky(cov + ridge)
+    return mean, cholesky_with_ridge(centred.T @ centred / max(len(codes) - 1, 1))
 
 
 class Autoencoder(nn.Module):
@@ -130,6 +150,12 @@ class Autoencoder(nn.Module):
         self.decoder = decoder_cls(tuple(image_shape), hidden_dims, latent_dim)
         self.likelihood = Likelihood(recon_loss, pixel_range, sigma=sigma or "learned")
 
+    def _init_heads(self, *heads: nn.Linear) -> None:
+        """Draw the heads on the encoder's features as its net's reference does (default: nn.Linear's own)."""
+        init_head = getattr(self.encoder, "init_head", None)
+        for head in heads if init_head is not None else ():
+            init_head(head)
+
     @classmethod
     def stage_terms(cls, stage: str) -> tuple[str, ...]:
         """The terms `losses` returns and the module logs at `stage`: `terms` while training (train),
@@ -171,6 +197,11 @@ class Autoencoder(nn.Module):
         """Where this model's codes come from when it generates, given the codes `codes` of some data."""
         raise NotImplementedError
 
+    def kl_per_dim(self, codes: Codes) -> Optional[torch.Tensor]:
+        """(latent_dim,) each dimension's KL averaged over the codes' images, summing to the KL; None
+        where the KL does not split over dimensions (no KL, or a prior that is not a product)."""
+        return None
+
     def scheduled_values(self, step: int, steps_per_epoch: int) -> dict[str, float]:
         """Settings that change during training, at optimiser step `step` (logged as train/<name>)."""
         return {}
@@ -197,6 +228,7 @@ class AE(Autoencoder, declared=MODEL_TYPES["ae"]):
                  pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None):
         super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.fc_z = nn.Linear(self.encoder.out_features, latent_dim)
+        self._init_heads(self.fc_z)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_z(self.encoder(x))
@@ -223,7 +255,9 @@ class AE(Autoencoder, declared=MODEL_TYPES["ae"]):
 
 
 class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
-    """Variational autoencoder with a diagonal Gaussian q(z|x) and the prior N(0, I).
+    """Variational autoencoder with a diagonal Gaussian q(z|x) and the prior N(0, I) (prior=standard)
+    or a VampPrior (prior=vamp: models/priors.py), p(z) = (1/K) Σ_k q(z|u_k) over K = pseudo_inputs
+    learned pseudo-images u_k.
 
     Per image (batch means of each are logged), with KL_j the closed-form KL of latent dimension j:
 
@@ -248,6 +282,12 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
 
     Every objective logs mi, tc and dwkl at validation and test (`eval_terms`): their sum is the
     one-sample KL log q(z|x) − log p(z) of the sample that was decoded, the expectation of `kl`.
+
+    With prior=vamp the KL has no closed form: `kl` is the one-sample estimate log q(z|x) − log p(z)
+    of the decoded sample (as the VampPrior paper trains), log p(z) − log q(z|x) in the IWAE weights
+    and eval.py's NLL is the mixture's, and dwkl is E[Σ_j log q(z_j) − log p(z)] (a prior that is
+    not a product has no dimension-wise KL; the three still add up to the sampled KL). Free bits,
+    which floor each dimension's analytic KL, are refused.
     """
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 20,
@@ -255,7 +295,8 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
                  pixel_range: Sequence[float] = (0.0, 1.0), sigma: Optional[str] = None, beta: float = 1.0,
                  objective: str = "elbo", k: int = 1, free_bits: float = 0.0, kl_schedule: str = "constant",
                  kl_period: float = 10.0, kl_period_unit: str = "epoch", kl_cycles: int = 4, kl_ratio: float = 0.5,
-                 kl_capacity: float = 25.0, alpha: float = 1.0, gamma: float = 1.0):
+                 kl_capacity: float = 25.0, alpha: float = 1.0, gamma: float = 1.0, prior: str = "standard",
+                 pseudo_inputs: int = 500):
         super().__init__(image_shape, latent_dim, hidden_dims, net, recon_loss, pixel_range, sigma)
         self.beta = float(beta)
         self.alpha, self.gamma = float(alpha), float(gamma)
@@ -267,8 +308,15 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         if objective == "tcvae" and (self.free_bits > 0 or self.schedule.kind == "capacity"):
             raise ValueError("objective=tcvae weighs the KL's parts (mi, tc, dwkl): free bits and the capacity "
                              "schedule act on the analytic KL, so they take free_bits=0 and another kl_schedule")
+        self.prior = prior
+        if prior == "vamp" and self.free_bits > 0:
+            raise ValueError("prior=vamp has no per-dimension KL for free bits to floor: it takes free_bits=0")
         self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
         self.fc_var = nn.Linear(self.encoder.out_features, latent_dim)
+        self._init_heads(self.fc_mu, self.fc_var)
+        self.logvar_range = getattr(self.encoder, "logvar_range", (LOGVAR_MIN, LOGVAR_MAX))
+        # Drawn after the networks: a standard-prior model of the same seed keeps its weights.
+        self.prior_inputs = PseudoInputs(int(pseudo_inputs), image_shape, pixel_range) if prior == "vamp" else None
         # The KL's settings as tensors, read by the loss without a Python branch: a stack (models/stack.py)
         # runs this code once for all its members, each with its own values. float32 (MPS has no
         # float64): a float32 loss multiplied by one gives what the Python float gave, bit for bit;
@@ -295,7 +343,7 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
         h = self.encoder(x)
-        return self.fc_mu(h), self.fc_var(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return self.fc_mu(h), self.fc_var(h).clamp(*self.logvar_range)
 
     def posterior(self, x: torch.Tensor) -> Codes:
         return Codes(*self.encode(x))
@@ -337,6 +385,24 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
     def use_train_size(self, n: int) -> None:
         self.train_size.fill_(float(n))
 
+    # -- the prior --------------------------------------------------------------------------------
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """prior=vamp: (K, latent_dim) means and log-variances of q(z|u_k), the prior's components."""
+        return self.encode(self.prior_inputs())
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of codes (..., latent_dim), summed over the latent dimensions."""
+        if self.prior_inputs is None:
+            return log_standard_normal(z)
+        return log_gaussian_mixture(z, *self.prior_components())
+
+    def log_prior_over_posterior(self, z: torch.Tensor, eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """log p(z) − log q(z|x) at z = μ + σ·ε, summed over the latent dimensions; broadcasts over leading
+        sample dimensions. N(0, I): the log 2π terms cancel (objectives.py)."""
+        if self.prior_inputs is None:
+            return log_prior_over_posterior(z, eps, logvar)
+        return self.log_prior(z) - log_posterior_from_noise(eps, logvar)
+
     def _kl_weight_and_target(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """β·f(t) and C(t) while training; the values the schedule ends at otherwise; as `like`'s dtype and device."""
         weight, target = (self.kl_weight, self.kl_target) if self.training else (self.kl_weight_end, self.kl_target_end)
@@ -371,10 +437,14 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         mu, logvar = self.encode(x)
         eps = torch.randn_like(mu) if eps is None else eps  # the draw that reparameterize would make
         z = self.reparameterize(mu, logvar, eps)
-        parts = {"recon": self.likelihood.error(self.decode(z), x).mean(),
-                 "kl_per_dim": gaussian_kl_per_dim(mu, logvar).mean(dim=0)}
+        parts = {"recon": self.likelihood.error(self.decode(z), x).mean()}
+        log_pz = None if self.prior_inputs is None else self.log_prior(z)
+        if log_pz is None:
+            parts["kl_per_dim"] = gaussian_kl_per_dim(mu, logvar).mean(dim=0)
+        else:  # no closed form: the sample's log q(z|x) − log p(z)
+            parts["kl"] = (log_posterior_from_noise(eps, logvar) - log_pz).mean()
         if self._decomposes:
-            parts.update(kl_decomposition(z, eps, mu, logvar, self.train_size))
+            parts.update(kl_decomposition(z, eps, mu, logvar, self.train_size, log_pz))
         return self._stage_losses(self.combine(parts))
 
     def iwae_losses(self, x: torch.Tensor, k: int, eps: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
@@ -386,13 +456,18 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
         logits = self.decode(z.flatten(0, 1))
         recon = self.likelihood.error(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)  # (k, B)
         weight, _ = self._kl_weight_and_target(recon)
-        log_w = -recon + weight * log_prior_over_posterior(z, eps, logvar)
+        log_ratio = self.log_prior_over_posterior(z, eps, logvar)  # (k, B)
+        log_w = -recon + weight * log_ratio
         bound = torch.logsumexp(log_w, dim=0) - math.log(k)
-        kl = gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
+        if self.prior_inputs is None:
+            kl = gaussian_kl_per_dim(mu, logvar).sum(dim=1).mean()
+        else:  # the first sample's, as recon
+            kl = -log_ratio[0].mean()
         first = recon[0].mean()
         terms = {"recon": first, "kl": kl, "loss": -bound.mean(), "nelbo": first + kl}
         if self._decomposes:  # of the first sample, as recon and kl
-            terms.update(kl_decomposition(z[0], eps[0], mu, logvar, self.train_size))
+            log_pz = None if self.prior_inputs is None else self.log_prior(z[0])
+            terms.update(kl_decomposition(z[0], eps[0], mu, logvar, self.train_size, log_pz))
         return self._stage_losses(terms)
 
     @property
@@ -419,13 +494,31 @@ class VAE(Autoencoder, declared=MODEL_TYPES["vae"]):
             terms.update({term: parts[term] for term in self.eval_terms})
         return terms
 
+    def kl_per_dim(self, codes: Codes) -> Optional[torch.Tensor]:
+        if self.prior_inputs is not None:
+            return None
+        return gaussian_kl_per_dim(codes.mu, codes.logvar).mean(dim=0)
+
     def code_distribution(self, codes: Codes) -> CodeDistribution:
-        d = codes.mu.shape[1]
-        return CodeDistribution("prior", torch.zeros(d).to(codes.mu), torch.eye(d).to(codes.mu),
-                                "decoded z ~ N(0, I), the VAE's prior", "prior std")
+        return self.prior_distribution()
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """n images (pixel means in [0, 1]) decoded from codes drawn from the prior."""
-        z = torch.randn(n, self.latent_dim, device=self.fc_mu.weight.device)
+    def prior_distribution(self) -> CodeDistribution:
+        """p(z): N(0, I), or the VampPrior's mixture with its mean and covariance."""
+        d, like = self.latent_dim, self.fc_mu.weight
+        if self.prior_inputs is None:
+            return CodeDistribution("prior", torch.zeros(d).to(like), torch.eye(d).to(like),
+                                    "decoded z ~ N(0, I), the VAE's prior", "prior std")
+        means, logvars = self.prior_components()
+        mean, cov = mixture_moments(means, logvars)
+        return CodeDistribution("prior", mean, cholesky_with_ridge(cov),
+                                f"decoded z ~ VampPrior, (1/K) Σ_k q(z|u_k) over its K = {len(means)} pseudo-inputs",
+                                "prior std", components=(means, torch.exp(0.5 * logvars)))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n images (pixel means in [0, 1]) decoded from codes drawn from the prior (with `generator`,
+        on the CPU; default: the global one)."""
+        generator = generator if generator is not None else torch.default_generator
+        z = self.prior_distribution().sample(n, generator)
         return self.likelihood.means(self.decode(z))

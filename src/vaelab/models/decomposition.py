@@ -13,6 +13,10 @@ mean over i (the sample), summed over latent dimensions j where it has them:
     tc   = (1/M) Σ_i [log q̂(z_i) − Σ_j log q̂(z_ij)]
     dwkl = (1/M) Σ_i [Σ_j log q̂(z_ij) − log p(z_i)]
 
+With a prior that is not a product of its dimensions' (a VampPrior: models/priors.py) the last
+part has no dimension-wise meaning: dwkl is then E[Σ_j log q(z_j) − log p(z)] with the model's own
+log p(z) (`log_pz`), the rest of the KL once mi and tc are taken out.
+
 They add up, by construction, to the sampled KL (1/M) Σ_i [log q(z_i|x_i) − log p(z_i)] (whose
 expectation is the analytic KL that `kl` logs), whatever q̂ is: only the split between them
 depends on the estimator.
@@ -37,10 +41,11 @@ q̂(z) = q(z|x), so mi = 0. log q(z_i|x_i), on the diagonal, is taken from ε it
 """
 
 import math
+from typing import Optional
 
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
+from vaelab.models.priors import LOG_2PI, log_standard_normal
 
 
 def mss_log_weights(batch_size: int, train_size: torch.Tensor) -> torch.Tensor:
@@ -70,19 +75,21 @@ def log_posterior_matrix(z: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, l
 
 
 def decompose(z: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-              log_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+              log_weights: torch.Tensor, log_pz: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """Batch means of mi, tc and dwkl (module docstring) for samples z (M, D) = μ + σ·ε of q(z|x_i),
-    with importance weights `log_weights` (M, M): row i the sample, column m the image."""
+    with importance weights `log_weights` (M, M): row i the sample, column m the image; `log_pz` (M,)
+    the prior's log-density at the samples (None: N(0, I))."""
     matrix = log_posterior_matrix(z, eps, mu, logvar)  # (M, M, D)
     log_w = log_weights.to(matrix)
     own = torch.diagonal(matrix, dim1=0, dim2=1).T.sum(dim=-1)  # (M,) log q(z_i|x_i)
     log_qz = torch.logsumexp(log_w + matrix.sum(dim=-1), dim=1)  # (M,) log q̂(z_i)
     log_qz_dims = torch.logsumexp(log_w.unsqueeze(-1) + matrix, dim=1).sum(dim=-1)  # (M,) Σ_j log q̂(z_ij)
-    log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)  # (M,) log N(z_i; 0, I)
+    log_pz = log_standard_normal(z) if log_pz is None else log_pz  # (M,)
     return {"mi": (own - log_qz).mean(), "tc": (log_qz - log_qz_dims).mean(), "dwkl": (log_qz_dims - log_pz).mean()}
 
 
 def kl_decomposition(z: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                     train_size: torch.Tensor) -> dict[str, torch.Tensor]:
-    """mi, tc and dwkl of a batch by minibatch stratified sampling from a data set of `train_size` images."""
-    return decompose(z, eps, mu, logvar, mss_log_weights(z.shape[0], train_size))
+                     train_size: torch.Tensor, log_pz: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """mi, tc and dwkl of a batch by minibatch stratified sampling from a data set of `train_size` images
+    (`log_pz`: see `decompose`)."""
+    return decompose(z, eps, mu, logvar, mss_log_weights(z.shape[0], train_size), log_pz)

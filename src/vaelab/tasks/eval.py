@@ -31,7 +31,7 @@ from vaelab.config import refuse, task_overrides, training_data_config
 from vaelab.errors import CheckpointError
 from vaelab.evaluation import disentanglement
 from vaelab.evaluation.classifier import cache_path, cached_classifier, pixel_levels
-from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode, kl_per_dim
+from vaelab.evaluation.latent import ACTIVE_THRESHOLD, activity, batches, encode
 from vaelab.evaluation.nll import bits_per_dim, importance_sampled_sums, model_log_likelihood, nll_meaning
 from vaelab.evaluation.panels import Panel, make_panels, mutual_information_panel, save_panels
 from vaelab.evaluation.regularity import completeness, continuity
@@ -207,17 +207,23 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
             return {f"test/{term}": total / n for term, total in sums.items()}, codes
         # first: an unknown kind fails before the work
         meaning = nll_meaning(model.likelihood.kind, cfg.data.binarize, channels=x.shape[1])
-        kl_dims = kl_per_dim(codes)
-        note.detail = f"{n} images encoded; KL per dimension, exact: {float(kl_dims.sum()):.3f} nats"
+        kl_dims = model.kl_per_dim(codes)  # None: no closed form (a VampPrior), estimated with the NLL below
+        note.detail = f"{n} images encoded" + ("" if kl_dims is None else
+                                               f"; KL per dimension, exact: {float(kl_dims.sum()):.3f} nats")
     with stages("nll") as note:
         if stages.verbose:
             log.info("nll: importance sampling %d images with k=%d (%d images per pass, at most %d decoded codes at once)",
                      n, samples, batch_size, cfg.eval.max_codes)
         progress = ProgressLines("nll", "images") if stages.verbose else None
         sums = importance_sampled_sums(x, codes.mu, codes.logvar, model_log_likelihood(model), samples, batch_size,
-                                       max_codes=cfg.eval.max_codes, progress=progress)
+                                       max_codes=cfg.eval.max_codes, progress=progress,
+                                       log_prior_ratio=model.log_prior_over_posterior)
         note.detail = f"{n} images, k={samples}"
-    terms = model.combine({"recon": torch.tensor(sums["recon"] / n, dtype=torch.float64), "kl_per_dim": kl_dims.double().cpu()})
+    recon = torch.tensor(sums["recon"] / n, dtype=torch.float64)
+    if kl_dims is None:  # E_q[log q(z|x) − log p(z)] over the same k samples per image
+        terms = model.combine({"recon": recon, "kl": torch.tensor((sums["nelbo"] - sums["recon"]) / n, dtype=torch.float64)})
+    else:
+        terms = model.combine({"recon": recon, "kl_per_dim": kl_dims.double().cpu()})
     if not model.loss_from_means:  # e.g. the IWAE bound: the model's own loss, averaged over the test images
         with stages("objective") as note:
             terms["loss"] = torch.tensor(sum(float(model.losses(x[part])["loss"]) * (part.stop - part.start)
@@ -229,7 +235,7 @@ def likelihood_metrics(model: Autoencoder, x: torch.Tensor, cfg: DictConfig,
         **{f"test/{k}": float(v) for k, v in terms.items()},
         "test/nll": nll, **bpd, "test/nll_gap": float(terms["nelbo"]) - nll, "test/nelbo_same_samples": sums["nelbo"] / n,
         "test/nll_constant": model.likelihood.constant(x[0].numel()), **meaning,
-        "test/kl_per_dim": [float(v) for v in kl_dims],
+        **({} if kl_dims is None else {"test/kl_per_dim": [float(v) for v in kl_dims]}),
     }, codes
 
 

@@ -35,7 +35,7 @@ from vaelab.sweeps.stacking import check_stack
 from vaelab.sweeps.workers import current_worker
 from vaelab.tasks.build import build, build_each
 from vaelab.training import LitAutoencoder
-from vaelab.training.callbacks import BestEpochMetrics, ModelSummary, Preemption
+from vaelab.training.callbacks import BestEpochMetrics, ModelSummary, Preemption, early_stopping_record
 from vaelab.training.loggers import continue_wandb_run, finish_loggers, log_hyperparameters
 from vaelab.training.members import Member, member_metrics, member_views
 
@@ -285,6 +285,7 @@ def _train_and_test(cfgs: list[DictConfig], run_dirs: list[Path],
                 record.update(status="completed", best_checkpoint=path, best_epoch=best.epoch if best is not None else None,
                               last_checkpoint=str(run_dirs[n] / "checkpoints" / "last.ckpt") if path else None,
                               epochs=trainer.current_epoch, global_step=trainer.global_step)
+                record.update(early_stopping_record(members[n].callbacks))  # a stack's member: its own epochs
         failed = False
     except BaseException as err:
         # A signal stops every member still training (each saved its interrupted.ckpt); anything

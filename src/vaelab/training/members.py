@@ -7,12 +7,15 @@ view of the fit that shows that member alone.
     member n's `val/loss` is logged as `val/loss@n` (`member_key`; N = 1 logs plain names, no view)
     MemberLogger     gives its logger the member's own metrics under their plain names
     MemberCallback   calls its callback (ModelCheckpoint, BestEpochMetrics, LatentPanels, EpochTimer,
-                     Preemption, ...) with a MemberTrainer and a MemberModule, as long as the member trains
+                     Preemption, EarlyStopping, ...) with a MemberTrainer and a MemberModule, as long as the
+                     member trains (LitAutoencoder.member_active)
     MemberTrainer    the trainer as the member's single run has it: its callback_metrics, loggers,
                      checkpoint callback and run directory; a checkpoint it saves is the member's own
-                     (LitAutoencoder.on_save_checkpoint cuts it out of the stack's)
+                     (LitAutoencoder.on_save_checkpoint cuts it out of the stack's); `should_stop` stops
+                     the member alone (LitAutoencoder.stop_member)
     MemberModule     the LightningModule as the member's: `model` is the member's single model with
                      its current weights, and `log` logs under the member's names
+    FrozenMember     a member that stopped early, as it stood then: put back once the fit ends
 """
 
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import Logger
 
@@ -61,6 +65,12 @@ class MemberLogger(Logger):
     def __init__(self, logger: Logger, index: int):
         super().__init__()
         self.logger, self.index = logger, index
+        self._stopped: Optional[tuple[int, int]] = None  # (epochs, steps) its member trained before it stopped early
+
+    def stopped_early(self, epochs: int, steps: int) -> None:
+        """The member trained `epochs` epochs, `steps` steps: what it logs from now on (its test) is
+        logged at its own epoch and step, as its single run logs it, not at the stack's."""
+        self._stopped = (epochs, steps)
 
     @property
     def name(self) -> Optional[str]:
@@ -85,6 +95,9 @@ class MemberLogger(Logger):
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         own = member_metrics(metrics, self.index)
         if any(key.endswith(f"{SEPARATOR}{self.index}") for key in metrics):  # not a row of another member's alone
+            if self._stopped is not None and own.get("epoch", -1) >= self._stopped[0]:  # after its last epoch
+                epochs, step = self._stopped
+                own = {**own, "epoch": epochs}
             self.logger.log_metrics(own, step)
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
@@ -155,6 +168,16 @@ class MemberTrainer:
         return next(iter(self.checkpoint_callbacks), None)
 
     @property
+    def should_stop(self) -> bool:
+        """Whether the member's training was stopped (by its early stopping), not whether the fit stops."""
+        return self._trainer.lightning_module.member_stopped_early(self.member.index)
+
+    @should_stop.setter
+    def should_stop(self, stop: bool) -> None:
+        if stop:
+            self._trainer.lightning_module.stop_member(self.member.index)
+
+    @property
     def default_root_dir(self) -> str:
         return str(self.member.run_dir)
 
@@ -170,7 +193,7 @@ class MemberTrainer:
 # The hooks a Trainer calls on its callbacks as (trainer, pl_module, *args).
 _HOOKS = sorted(name for name, value in vars(pl.Callback).items()
                 if callable(value) and (name.startswith("on_") or name in ("setup", "teardown")))
-_ALWAYS = ("setup", "teardown")  # a failed member's callbacks still set up and clean up (signal handlers)
+_ALWAYS = ("setup", "teardown")  # a failed or stopped member's callbacks still set up and clean up (signal handlers)
 
 
 class MemberCallback(pl.Callback):
@@ -190,7 +213,7 @@ class MemberCallback(pl.Callback):
         self.callback.load_state_dict(state_dict)
 
     def _forward(self, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> Any:
-        if hook not in _ALWAYS and pl_module.member_failed(self.member.index):
+        if hook not in _ALWAYS and not pl_module.member_active(self.member.index):
             return None
         return getattr(self.callback, hook)(MemberTrainer(trainer, self.member),
                                             MemberModule(pl_module, self.member.index), *args, **kwargs)
@@ -205,6 +228,30 @@ def _forwarding(hook: str):
 
 for _hook in _HOOKS:
     setattr(MemberCallback, _hook, _forwarding(_hook))
+
+
+class FrozenMember:
+    """Member `index` of a stack as it stood when its training ended: its slices of the stacked
+    parameters and buffers, of the optimiser's per-parameter state (Adam's moments; the step count, a
+    scalar, is the stack's) and the state of its noise `generator`. Its gradients are zero from then on,
+    but Adam keeps moving weights on their momentum, and the stack keeps drawing its noise:
+    `restore` puts the member back exactly as it was, so that its test draws what its single run's does."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, index: int,
+                 generator: Optional[torch.Generator] = None):
+        self.index, self.generator = index, generator
+        stacked = [*model.parameters(), *model.buffers()]
+        for p in model.parameters():
+            stacked += [v for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v) and v.dim() > 0]
+        self._saved = [(t, t[index].clone()) for t in stacked]
+        self._generator_state = generator.get_state() if generator is not None else None
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for stacked, saved in self._saved:  # in place: a captured CUDA graph reads these tensors
+            stacked[self.index].copy_(saved)
+        if self.generator is not None:
+            self.generator.set_state(self._generator_state)
 
 
 def member_views(members: Sequence[Member]) -> tuple[list[Logger], list[pl.Callback]]:

@@ -9,7 +9,8 @@ values at the logging interval carry the suffix `_step`.
 A stack (`LitAutoencoder.stack`) runs this same code for its N members: every value below is kept
 per member (a single run is N = 1), member n logs under `member_key(name, n)` and its callbacks,
 loggers and checkpoints see it alone (training/members.py). A member whose loss becomes NaN or
-diverges fails alone, with its single run's error (`failures`); the others go on.
+diverges fails alone, with its single run's error (`failures`); the others go on. A member whose early
+stopping stops it (`stopped`) ends its training alone, its weights kept as they were then.
 """
 
 import logging
@@ -21,6 +22,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from vaelab.checkpoints import restore_rng_states, rng_states
 from vaelab.errors import ConfigError, NonFiniteLossError
@@ -29,7 +31,7 @@ from vaelab.models.stack import Stack
 from vaelab.training.graph_step import CudaGraphStep
 from vaelab.lightning_compat import CountedStep
 from vaelab.training.loggers import CHECKPOINT_KEY as WANDB_CHECKPOINT_KEY, wandb_checkpoint_state
-from vaelab.training.members import MemberLogger, member_key
+from vaelab.training.members import FrozenMember, MemberLogger, member_key
 from vaelab.training.optim import (MemberRates, StackedAdam, clip_gradients, lr_of_step, make_lr_scheduler,
                                    make_optimizer, steps_per_batch)
 
@@ -80,6 +82,8 @@ class LitAutoencoder(pl.LightningModule):
         # Each member's hyperparameters (what its checkpoints keep); one for a single run.
         self.member_hparams: list[dict[str, Any]] = [dict(self.hparams)]
         self.failures: dict[int, str] = {}  # member → the error its single run fails with
+        self.stopped: dict[int, int] = {}  # member → the epoch at whose end its early stopping stopped it (a stack)
+        self._frozen: list[FrozenMember] = []  # the stopped members as they stood then
         self._saving: Optional[int] = None  # the member whose checkpoint is being saved (a stack)
         self._member_rates: Optional[MemberRates] = None  # a stack whose members differ in model.lr, or on plateau
         self._generator_states: Optional[list[torch.Tensor]] = None  # members' noise around the sanity check
@@ -129,6 +133,36 @@ class LitAutoencoder(pl.LightningModule):
 
     def member_failed(self, n: int) -> bool:
         return n in self.failures
+
+    def member_stopped_early(self, n: int) -> bool:
+        return n in self.stopped
+
+    def member_active(self, n: int) -> bool:
+        """Whether member n takes part in this stage: it has not failed and, in the fit, early stopping
+        has not stopped it in an earlier epoch (the epoch it stops in runs to its end, as alone)."""
+        if self.member_failed(n):
+            return False
+        stopped = self.stopped.get(n)
+        return stopped is None or self.trainer.state.fn != TrainerFn.FITTING or self.current_epoch <= stopped
+
+    def stop_member(self, n: int) -> None:
+        """A stack's member n stops training after this epoch (its early stopping, through its
+        MemberTrainer): its weights and optimiser state stay as they are now (FrozenMember), the others
+        go on, and the fit ends once none trains. It is tested after the fit as the others are."""
+        if n in self.stopped or self.member_failed(n):
+            return
+        self.stopped[n] = self.current_epoch
+        generator = self.model.generators[n] if self.model.generators is not None else None
+        self._frozen.append(FrozenMember(self.model.model, self.optimizers().optimizer, n, generator))
+        for logger in self.loggers:
+            if isinstance(logger, MemberLogger) and logger.index == n:
+                logger.stopped_early(self.current_epoch + 1, self.global_step)
+        self.model.stop(n)
+        self._end_fit_once_no_member_trains()
+
+    def _end_fit_once_no_member_trains(self) -> None:
+        if all(self.member_failed(n) or self.member_stopped_early(n) for n in range(self.n)):
+            self.trainer.should_stop = True
 
     def _key(self, name: str, n: int) -> str:
         return member_key(name, None if self.n == 1 else n)
@@ -203,12 +237,12 @@ class LitAutoencoder(pl.LightningModule):
         """Log `{stage}/{term}` of every member still training as the mean over every image this epoch."""
         means = self._epoch_means(stage)
         for n, member in enumerate(means):
-            if not self.member_failed(n):
+            if self.member_active(n):
                 self._log_means(stage, n, member)
         return means
 
     def _live(self) -> list[int]:
-        return [n for n in range(self.n) if not self.member_failed(n)]
+        return [n for n in range(self.n) if self.member_active(n)]
 
     def _fail(self, n: int, message: str) -> None:
         """Member n's run fails with `message`: a single run raises it; a stack's member stops, the
@@ -218,8 +252,9 @@ class LitAutoencoder(pl.LightningModule):
         self.failures[n] = message
         self.model.stop(n)
         log.error("member %d of the stack failed: %s", n, message)
-        if not self._live():
+        if len(self.failures) == self.n:
             raise NonFiniteLossError(f"every member of the stack failed; member 0: {self.failures[0]}")
+        self._end_fit_once_no_member_trains()  # the others stopped early
 
     def _check(self, n: int, loss: float, not_finite: str, when: str, finite: Optional[bool] = None) -> bool:
         """Fail member n if its training `loss` (or any of its terms: `finite`) is not finite, saying
@@ -450,12 +485,17 @@ class LitAutoencoder(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         for n, means in enumerate(self._epoch_means("train")):
-            if self.member_failed(n):
+            if not self.member_active(n):
                 continue
             loss = means["loss"]
             if self._check(n, float(loss), f"the mean training loss of epoch {self.current_epoch} is {loss.item()}",
                            "as the epoch's mean"):
                 self._log_means("train", n, means)
+
+    def on_train_end(self) -> None:
+        # Adam moved the stopped members on their momentum, the stack drew their noise: put them back.
+        for member in self._frozen:
+            member.restore()
 
     def on_validation_start(self) -> None:
         # Lightning runs the sanity check inside isolate_rng: a single run's noise after it is what it

@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 
 from vaelab.errors import ConfigError
-from vaelab.evaluation.latent import active_units, encode, kl_per_dim
+from vaelab.evaluation.latent import active_units, encode
 from vaelab.evaluation.panels import Panel, make_panels, save_panels
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,9 @@ class LatentPanels(pl.Callback):
             # only keeps Lightning from warning about an unsynchronised epoch metric.
             pl_module.log("val/active_units", float(active_units(codes)), on_step=False, on_epoch=True, sync_dist=True)
             if trainer.is_global_zero:
-                if "kl" in model.terms:
-                    self._log_kl_histogram(trainer, kl_per_dim(codes))
+                kl = model.kl_per_dim(codes)  # None without a KL per dimension (an AE, a VampPrior)
+                if kl is not None:
+                    self._log_kl_histogram(trainer, kl)
                 if self._panels_due(trainer):
                     self._write_panels(trainer, pl_module)
 
