@@ -27,9 +27,10 @@ from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
 PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD = 0.05, 0.01
-# (sample, component) pairs evaluated at once in a mixture density: eval.py asks for 50,000 codes at a
-# time, × 500 components = 25 M log-densities (200 MB in float64); more go in chunks of this many.
-MIXTURE_CHUNK_ELEMENTS = 1 << 25
+# (sample, component) pairs evaluated at once in a mixture density: eval.py asks for up to 50,000 codes
+# at a time, × 500 components = 25 M log-densities; chunks of 8 M keep each float64 (samples × K)
+# matrix at 64 MB (a training batch of 100 × 500 is one chunk).
+MIXTURE_CHUNK_ELEMENTS = 1 << 23
 
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
