@@ -23,6 +23,7 @@ that checkpoint, k and test draw: `--runs bench/paper_runs/*` redraws the table 
 without the checkpoints (e.g. the CPU look beside GPU runs).
 """
 
+import csv
 import json
 import math
 import shutil
@@ -115,12 +116,23 @@ def cached_scores(run_dir: Path, record: dict, test_x, k: int) -> dict[str, floa
 
 
 def keep_records(run_dir: Path, into: Path) -> None:
-    """Copy what the report and the curves read (metrics.json, the saved config, the CSV record, the
-    score) to `into`, so that a later invocation can chart these runs beside others (--runs)."""
-    for name in ("metrics.json", ".hydra/config.yaml", "csv/metrics.csv", SCORE_FILE, FIT_CLOCK):
+    """Copy what the report and the curves read (metrics.json, the saved config, the CSV record's
+    epoch rows, the score) to `into`, so that a later invocation can chart these runs beside others
+    (--runs)."""
+    for name in ("metrics.json", ".hydra/config.yaml", SCORE_FILE, FIT_CLOCK):
         if (run_dir / name).is_file():
             (into / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run_dir / name, into / name)
+    record = run_dir / "csv" / "metrics.csv"
+    if record.is_file():  # the rows of the epoch means ({stage}/{term}), not those of every logging step
+        terms = json.loads((run_dir / "metrics.json").read_text()).get("terms", [])
+        means = {f"{stage}/{term}" for stage in ("train", "val", "test") for term in terms}
+        (into / "csv").mkdir(parents=True, exist_ok=True)
+        with record.open(newline="") as src, (into / "csv" / "metrics.csv").open("w", newline="") as dst:
+            rows = csv.DictReader(src)
+            writer = csv.DictWriter(dst, fieldnames=rows.fieldnames)
+            writer.writeheader()
+            writer.writerows(row for row in rows if any(row.get(key) for key in means))
 
 
 def score_run(run_dir: Path, test_x, k: int, seed: Optional[int] = None) -> Scored:
