@@ -230,7 +230,8 @@ def curves_chart(scored: list[Scored], path: Path) -> bool:
 def report(scored: list[Scored], walls: dict[str, float], args, started: str, total_s: float, curves: bool) -> str:
     chart = f"\n\n![val/nelbo per epoch]({CURVES})" if curves else ""
     return (f"{BEGIN}\nMeasured {started} on {machine()}. `python bench/quality.py {' '.join(sys.argv[1:])}` "
-            f"({total_s / 60:.1f} min in all): test NLL with k = {args.k} importance samples on the first "
+            f"({total_s / 60:.1f} min in all; a run scored before is read from its {SCORE_FILE}): test NLL with "
+            f"k = {args.k} importance samples on the first "
             f"{args.n_test} test images (one binarised draw, seed {TEST_DRAW_SEED}), the checkpoint each run "
             f"tested (best val/nelbo); paper: Norouzi et al. 2020 (Exemplar VAE), Fashion-MNIST table.\n\n"
             f"{table(scored, walls, args.k)}{chart}\n{END}")
@@ -252,9 +253,8 @@ def run_paper(args, ctx, started: str, begin: float) -> None:
     out_dir = args.out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     for s in scored:
-        kept = out_dir / RECORDS / f"{s.experiment}_seed{s.seed}_{s.run_dir.name}"
-        if kept.resolve() != s.run_dir.resolve():
-            keep_records(s.run_dir, kept)
+        if s.run_dir.resolve().parent != (out_dir / RECORDS).resolve():  # not already kept records
+            keep_records(s.run_dir, out_dir / RECORDS / f"{s.experiment}_seed{s.seed}_{s.run_dir.name}")
     curves = curves_chart(scored, out_dir / CURVES)
     section = report(scored, walls, args, started, time.perf_counter() - begin, curves)
     print("\n" + section)
