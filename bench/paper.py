@@ -215,8 +215,8 @@ def curves_chart(scored: list[Scored], path: Path) -> bool:
     ax = fig.add_subplot()
     for i, (s, points) in enumerate(curves):
         epochs, values = zip(*points)
-        ax.plot(epochs, values, color=f"C{i % 10}", label=f"{PAPER[s.experiment].model}, seed {s.seed} "
-                f"({s.run_dir.name[:26]}): test NLL {s.nll:.2f}")
+        ax.plot(epochs, values, color=f"C{i % 10}", label=f"{PAPER[s.experiment].model}, seed {s.seed}, "
+                f"{s.epochs:.0f} epochs ({s.stopped}): test NLL {s.nll:.2f}")
     best = min(v for _, points in curves for _, v in points)
     for j, paper in enumerate(PAPER.values()):
         ax.axhline(paper.nll, color=f"C{j % 10}", linestyle="--", linewidth=0.8, label=f"paper: {paper.model}, test NLL {paper.nll:.2f}")
