@@ -30,7 +30,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -75,7 +75,6 @@ class Scored:
     best_epoch: Optional[int]
     fit_s: Optional[float]
     stopped: str  # why its fit ended
-    extra: dict = field(default_factory=dict)
 
 
 def experiment_of(run_dir: Path) -> str:
@@ -93,8 +92,8 @@ def why_stopped(record: dict, run_dir: Path) -> str:
     if record.get("stopped_early"):
         return f"early stopping at epoch {record.get('stopped_epoch', '?')}"
     trainer = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["trainer"]
-    epochs = record.get("epoch")
-    if trainer.get("max_time") and (epochs is None or epochs + 1 < trainer["max_epochs"]):
+    epochs = record.get("epochs")  # the epochs it finished
+    if trainer.get("max_time") and (epochs is None or epochs < trainer["max_epochs"]):
         return f"max_time {trainer['max_time']}"
     return f"max_epochs {trainer['max_epochs']}"
 
